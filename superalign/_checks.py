@@ -18,8 +18,10 @@ def positive_int(name: str, value) -> int:
 
 def positive_float(name: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        np.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (np.isfinite(value) and value > 0)
     ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -27,8 +29,10 @@ def positive_float(name: str, value) -> float:
 
 def nonnegative_float(name: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        np.isfinite(value) and value >= 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (np.isfinite(value) and value >= 0)
     ):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
@@ -57,8 +61,10 @@ def array(name: str, x, *, ndim: int | None = None, width: int | None = None, fi
     if width is not None and (len(shape) == 0 or shape[-1] != width):
         raise ValueError(f"{name} must have last dimension {width}, got shape {shape}")
     if finite:
-        ok = bool(jnp.isfinite(x).all()) if not isinstance(x, np.ndarray) else bool(
-            np.isfinite(x).all()
+        ok = (
+            bool(jnp.isfinite(x).all())
+            if not isinstance(x, np.ndarray)
+            else bool(np.isfinite(x).all())
         )
         if not ok:
             raise ValueError(f"{name} must be finite, but it contains NaN or Inf (shape {shape})")

@@ -1,0 +1,397 @@
+"""TopK sparse autoencoders with the auxiliary dead-latent loss (paper appendix A.2).
+
+``pre = x W_enc + b_enc``; ``latents = ReLU(TopK(pre))``; ``x_hat = latents W_dec + b_dec``.
+(The release's toy SAE computes ``ReLU(TopK(ReLU(pre)))``; both keep the ``k`` largest positive
+pre-activations and give identical latents and gradients.)
+
+Auxiliary loss: a latent is *dead* once it has not fired for ``dead_steps`` consecutive steps,
+the current batch included (toy: ``dead_steps = 1``, i.e. silent over the whole current batch).
+``e_hat = TopK_aux(pre masked to dead latents) W_dec + b_dec`` (with ``k_aux = n_latents`` that is
+every dead pre-activation, negative ones included) is fitted to the residual ``x - x_hat`` (not
+detached), weighted by ``aux_weight``. The dead-step counters live in :class:`SAEState`.
+
+Two presets cover the paper: :func:`toy_config` (Xavier-normal init, AdamW with weight decay
+0.01, errors averaged over batch and dimensions) and :func:`dnn_config` (per-sample input
+normalisation, Kaiming-uniform init, Adam with eps 6.25e-10, errors summed over dimensions and
+averaged over the batch, dead after 32 steps, aux weight 1e-4).
+
+Training is pure: ``make_train(config)(key, x)`` trains on an in-memory ``[M, n_inputs]`` array
+with one ``lax.scan``; seeds are a ``vmap`` axis. :func:`train_on_stream` is the host loop over
+jitted chunk scans for activations that do not fit on the device. A randomly initialised SAE
+(:func:`init`, never trained) is the control.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from superalign import _checks
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """TopK SAE settings; defaults are the paper's toy SAE (REFERENCE.md)."""
+
+    n_inputs: int
+    n_latents: int = 64
+    k: int = 7
+    k_aux: int | None = None  # None: all latents
+    aux_weight: float = 0.1
+    dead_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    batch_size: int = 1024
+    n_epochs: int = 1
+    shuffle: bool = False  # toy: one pass in order; DNN: shuffled epochs
+    normalize_inputs: bool = False  # per-sample: subtract the mean, divide by the std
+    init: Literal["xavier_normal", "kaiming_uniform"] = "xavier_normal"
+    loss_reduction: Literal["mean", "sum_dims"] = "mean"
+    decode: Literal["auto", "dense", "gather"] = "auto"
+
+    def __post_init__(self):
+        _checks.positive_int("n_inputs", self.n_inputs)
+        _checks.positive_int("n_latents", self.n_latents)
+        _checks.positive_int("k", self.k)
+        if self.k > self.n_latents:
+            raise ValueError(f"k must be in 1..n_latents={self.n_latents}, got {self.k}")
+        if self.k_aux is not None:
+            _checks.positive_int("k_aux", self.k_aux)
+            if self.k_aux > self.n_latents:
+                raise ValueError(
+                    f"k_aux must be in 1..n_latents={self.n_latents} or None, got {self.k_aux}"
+                )
+        _checks.nonnegative_float("aux_weight", self.aux_weight)
+        _checks.positive_int("dead_steps", self.dead_steps)
+        _checks.positive_float("lr", self.lr)
+        _checks.nonnegative_float("weight_decay", self.weight_decay)
+        _checks.positive_float("adam_eps", self.adam_eps)
+        _checks.positive_int("batch_size", self.batch_size)
+        _checks.positive_int("n_epochs", self.n_epochs)
+        for name, allowed in (
+            ("init", ("xavier_normal", "kaiming_uniform")),
+            ("loss_reduction", ("mean", "sum_dims")),
+            ("decode", ("auto", "dense", "gather")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def n_aux(self) -> int:
+        return self.n_latents if self.k_aux is None else self.k_aux
+
+    @property
+    def gather_decode(self) -> bool:
+        """Whether to decode by gathering the k active rows of ``W_dec`` (see benchmarks)."""
+        if self.decode == "auto":
+            # Measured in benchmarks/train.py on the 2-core CPU: gathering wins once the code is
+            # wide and sparse; for the toy SAE (64 latents) the dense matmul is faster.
+            return self.n_latents >= 2048 and self.n_latents >= 16 * self.k
+        return self.decode == "gather"
+
+
+def toy_config(n_inputs: int, **overrides) -> SAEConfig:
+    """The paper's toy SAE: 64 latents, k = 7, AuxK weight 0.1, dead after 1 step, AdamW."""
+    return SAEConfig(n_inputs=n_inputs, **overrides)
+
+
+def dnn_config(n_inputs: int, expansion: int = 4, k: int = 82, **overrides) -> SAEConfig:
+    """The paper's DNN SAE (REFERENCE.md, "Deep networks"); 300 epochs of batch 64."""
+    base = dict(
+        n_latents=expansion * n_inputs,
+        k=k,
+        aux_weight=1e-4,
+        dead_steps=32,
+        lr=4e-4,
+        weight_decay=0.0,
+        adam_eps=6.25e-10,
+        batch_size=64,
+        n_epochs=300,
+        shuffle=True,
+        normalize_inputs=True,
+        init="kaiming_uniform",
+        loss_reduction="sum_dims",
+    )
+    base.update(overrides)
+    return SAEConfig(n_inputs=n_inputs, **base)
+
+
+class SAEParams(NamedTuple):
+    W_enc: jax.Array  # [n_inputs, n_latents]
+    b_enc: jax.Array  # [n_latents]
+    W_dec: jax.Array  # [n_latents, n_inputs]
+    b_dec: jax.Array  # [n_inputs]
+
+
+class SAEState(NamedTuple):
+    params: SAEParams
+    opt_state: optax.OptState
+    steps_since_fired: jax.Array  # [n_latents] int32: consecutive steps without firing
+
+
+class SAEMetrics(NamedTuple):
+    mse: jax.Array  # [n_steps] reconstruction loss
+    aux: jax.Array  # [n_steps] auxiliary loss
+    n_dead: jax.Array  # [n_steps] dead latents at that step
+
+
+class Code(NamedTuple):
+    """The sparse code of a batch: ``k`` active values and their latent indices."""
+
+    values: jax.Array  # [..., k] ReLU(TopK(pre)) values
+    indices: jax.Array  # [..., k] int32 latent indices
+
+
+_xavier_normal = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+# PyTorch's kaiming_uniform_ (a = 0, fan_in): bound sqrt(6 / fan_in). Our weights are stored as
+# [in, out], so fan_in is axis 0 for both W_enc [n_inputs, .] and W_dec [n_latents, .].
+_kaiming_uniform = jax.nn.initializers.variance_scaling(2.0, "fan_in", "uniform", in_axis=0)
+
+
+def init(config: SAEConfig, key: jax.Array) -> SAEParams:
+    """Independent draws for ``W_enc`` and ``W_dec``; zero biases. Also the random-SAE control."""
+    k_enc, k_dec = jax.random.split(key)
+    draw = _xavier_normal if config.init == "xavier_normal" else _kaiming_uniform
+    return SAEParams(
+        W_enc=draw(k_enc, (config.n_inputs, config.n_latents), jnp.float32),
+        b_enc=jnp.zeros((config.n_latents,), jnp.float32),
+        W_dec=draw(k_dec, (config.n_latents, config.n_inputs), jnp.float32),
+        b_dec=jnp.zeros((config.n_inputs,), jnp.float32),
+    )
+
+
+def preprocess(config: SAEConfig, x: jax.Array) -> jax.Array:
+    """Per-sample normalisation for the DNN variant (identity for the toy SAE)."""
+    if not config.normalize_inputs:
+        return x
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    std = jnp.std(x, axis=-1, keepdims=True)
+    return (x - mean) / jnp.maximum(std, 1e-8)
+
+
+def _encode_sparse(config: SAEConfig, params: SAEParams, x: jax.Array):
+    pre = x @ params.W_enc + params.b_enc
+    values, indices = jax.lax.top_k(pre, config.k)
+    return Code(jax.nn.relu(values), indices), pre
+
+
+def _decode_sparse(config: SAEConfig, params: SAEParams, code: Code) -> jax.Array:
+    if config.gather_decode:
+        rows = params.W_dec[code.indices]  # [..., k, n_inputs]
+        return jnp.einsum("...k,...kn->...n", code.values, rows) + params.b_dec
+    return _densify(code, config.n_latents) @ params.W_dec + params.b_dec
+
+
+def _densify(code: Code, n_latents: int) -> jax.Array:
+    onehot = jax.nn.one_hot(code.indices, n_latents, dtype=code.values.dtype)  # [..., k, L]
+    return jnp.einsum("...k,...kl->...l", code.values, onehot)
+
+
+def encode(config: SAEConfig, params: SAEParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Latents and pre-activations of raw inputs.
+
+    Args:
+      x: ``[..., n_inputs]`` activations (normalised here for the DNN variant).
+
+    Returns:
+      ``(latents, pre)``, both ``[..., n_latents]``; ``latents`` has at most ``k`` non-zeros.
+    """
+    code, pre = _encode_sparse(config, params, preprocess(config, x))
+    return _densify(code, config.n_latents), pre
+
+
+def decode(config: SAEConfig, params: SAEParams, latents: jax.Array) -> jax.Array:
+    """Reconstruction ``latents W_dec + b_dec`` (in the normalised space for the DNN variant)."""
+    return latents @ params.W_dec + params.b_dec
+
+
+def _reduce(config: SAEConfig, sq_err: jax.Array) -> jax.Array:
+    if config.loss_reduction == "mean":
+        return jnp.mean(sq_err)
+    return jnp.mean(jnp.sum(sq_err, axis=-1))
+
+
+def _aux_recon(config: SAEConfig, params: SAEParams, pre: jax.Array, dead: jax.Array):
+    if config.n_aux == config.n_latents:
+        # Every dead pre-activation (live ones zeroed): a dense matmul.
+        return jnp.where(dead, pre, 0.0) @ params.W_dec + params.b_dec
+    masked = jnp.where(dead, pre, -jnp.inf)
+    values, indices = jax.lax.top_k(masked, config.n_aux)
+    values = jnp.where(jnp.isfinite(values), values, 0.0)
+    return _decode_sparse(config, params, Code(values, indices))
+
+
+def loss_fn(config: SAEConfig, params: SAEParams, x: jax.Array, steps_since_fired: jax.Array):
+    """Total loss of a batch and what the state needs.
+
+    Args:
+      x: ``[B, n_inputs]`` preprocessed inputs.
+      steps_since_fired: ``[n_latents]`` counters before this batch.
+
+    Returns:
+      ``(loss, (mse, aux, new_counters, n_dead))``.
+    """
+    code, pre = _encode_sparse(config, params, x)
+    x_hat = _decode_sparse(config, params, code)
+    fired = (
+        jnp.zeros((config.n_latents,), bool)
+        .at[code.indices.reshape(-1)]
+        .max(code.values.reshape(-1) > 0)
+    )
+    counters = jnp.where(fired, 0, steps_since_fired + 1)
+    dead = counters >= config.dead_steps
+    residual = x - x_hat
+    mse = _reduce(config, residual**2)
+    e_hat = _aux_recon(config, params, pre, dead)
+    aux = _reduce(config, (e_hat - residual) ** 2)
+    total = mse + config.aux_weight * aux
+    return total, (mse, aux, counters, jnp.sum(dead))
+
+
+def optimizer(config: SAEConfig) -> optax.GradientTransformation:
+    return optax.adamw(config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+
+
+def init_state(config: SAEConfig, key: jax.Array) -> SAEState:
+    params = init(config, key)
+    return SAEState(
+        params=params,
+        opt_state=optimizer(config).init(params),
+        steps_since_fired=jnp.zeros((config.n_latents,), jnp.int32),
+    )
+
+
+def make_update(config: SAEConfig) -> Callable[[SAEState, jax.Array], tuple[SAEState, tuple]]:
+    """One optimiser step on a raw ``[B, n_inputs]`` batch."""
+    opt = optimizer(config)
+    grad_fn = jax.value_and_grad(lambda p, x, c: loss_fn(config, p, x, c), has_aux=True)
+
+    def update(state: SAEState, x: jax.Array):
+        x = preprocess(config, x)
+        (_, (mse, aux, counters, n_dead)), grads = grad_fn(state.params, x, state.steps_since_fired)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return SAEState(params, opt_state, counters), SAEMetrics(mse, aux, n_dead)
+
+    return update
+
+
+def _batch_order(config: SAEConfig, key: jax.Array, n_rows: int) -> jax.Array:
+    """Row indices of one epoch, ``[n_batches, B]`` (a permutation when shuffling)."""
+    n_batches = n_rows // config.batch_size
+    order = jax.random.permutation(key, n_rows) if config.shuffle else jnp.arange(n_rows)
+    return order[: n_batches * config.batch_size].reshape(n_batches, config.batch_size)
+
+
+def make_chunk_run(config: SAEConfig):
+    """Build ``run(state, x, key) -> (state, metrics)``: one pass over an in-memory chunk.
+
+    Full batches only (a remainder smaller than ``batch_size`` is skipped); batches are in row
+    order, or in a ``key``-dependent permutation when ``config.shuffle``.
+    """
+    update = make_update(config)
+
+    def run(state: SAEState, x: jax.Array, key: jax.Array):
+        order = _batch_order(config, key, x.shape[0])
+        return jax.lax.scan(lambda s, idx: update(s, x[idx]), state, order)
+
+    return run
+
+
+def check_activations(config: SAEConfig, x, name: str = "x") -> None:
+    """Refuse activations of the wrong rank or width, too few rows, or with NaN or Inf."""
+    _checks.array(name, x, ndim=2, width=config.n_inputs)
+    if x.shape[0] < config.batch_size:
+        raise ValueError(
+            f"{name} must have at least batch_size={config.batch_size} rows, got shape {x.shape}"
+        )
+
+
+def make_train(config: SAEConfig) -> Callable[[jax.Array, jax.Array], tuple[SAEParams, SAEMetrics]]:
+    """Build the pure ``train(key, x) -> (params, metrics)`` on ``x: [M, n_inputs]``.
+
+    ``config.n_epochs`` passes of ``M // batch_size`` steps. Seeds are a ``vmap`` axis:
+    ``jax.vmap(train)(keys, xs)`` (each seed its own activations) or
+    ``jax.vmap(train, in_axes=(0, None))(keys, x)``. Validate inputs with
+    :func:`check_activations` first (jitted code cannot inspect values).
+    """
+    run = make_chunk_run(config)
+
+    def train(key: jax.Array, x: jax.Array):
+        if isinstance(x, jax.core.Tracer):  # traced (jit / vmap): only the shape can be checked
+            _checks.array("x", x, ndim=2, width=config.n_inputs, finite=False)
+        else:
+            check_activations(config, x)
+        k_init, k_data = jax.random.split(key)
+        epoch_keys = jax.random.split(k_data, config.n_epochs)
+        state, metrics = jax.lax.scan(
+            lambda s, ek: run(s, x, ek), init_state(config, k_init), epoch_keys
+        )
+        return state.params, jax.tree.map(lambda m: m.reshape(-1), metrics)
+
+    return train
+
+
+def train_on_stream(
+    config: SAEConfig,
+    key: jax.Array,
+    chunks: Callable[[], Iterable[jax.Array]],
+    *,
+    n_seeds: int | None = None,
+    callback: Callable[[int, SAEMetrics], None] | None = None,
+) -> tuple[SAEParams, SAEMetrics]:
+    """Train on activations that arrive in chunks (a host loop over jitted chunk scans).
+
+    Args:
+      config: the SAE.
+      key: PRNG key; with ``n_seeds`` it is split into one key per seed.
+      chunks: a callable returning an iterable of chunks for one epoch, each ``[C, n_inputs]``
+        (or ``[n_seeds, C, n_inputs]`` with ``n_seeds``: one chunk per seed). It is called once
+        per epoch, so a reader can stream shards from disk again. With ``shuffle``, batches are
+        shuffled within each chunk.
+      n_seeds: train this many seeds at once (a ``vmap`` axis), or None for one SAE.
+      callback: called as ``callback(chunk_index, metrics)`` after each chunk (progress bars).
+
+    Returns:
+      ``(params, metrics)`` with metrics concatenated over all steps (a leading seed axis when
+      ``n_seeds`` is given).
+    """
+    run = make_chunk_run(config)
+    k_init, k_data = jax.random.split(key)
+    if n_seeds is None:
+        state = init_state(config, k_init)
+        step = jax.jit(run)
+    else:
+        n_seeds = _checks.positive_int("n_seeds", n_seeds)
+        state = jax.vmap(lambda k: init_state(config, k))(jax.random.split(k_init, n_seeds))
+        step = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
+    history = []
+    index = 0
+    for epoch in range(config.n_epochs):
+        for chunk in chunks():
+            if n_seeds is None:
+                check_activations(config, chunk, "chunk")
+            else:
+                _checks.array("chunk", chunk, ndim=3, width=config.n_inputs)
+                if chunk.shape[0] != n_seeds or chunk.shape[1] < config.batch_size:
+                    raise ValueError(
+                        f"chunk must be [n_seeds={n_seeds}, >= batch_size={config.batch_size}, "
+                        f"{config.n_inputs}], got shape {chunk.shape}"
+                    )
+            chunk_key = jax.random.fold_in(jax.random.fold_in(k_data, epoch), index)
+            state, metrics = step(state, chunk, chunk_key)
+            history.append(metrics)
+            if callback is not None:
+                callback(index, metrics)
+            index += 1
+    if not history:
+        raise ValueError("chunks yielded no data")
+    axis = 0 if n_seeds is None else 1
+    metrics = jax.tree.map(lambda *m: jnp.concatenate(m, axis=axis), *history)
+    return state.params, metrics

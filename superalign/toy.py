@@ -1,0 +1,174 @@
+"""Toy models of superposition (paper section 4; Elhage et al. 2022).
+
+A tied-weight ReLU autoencoder: ``h = ReLU(z W)``, ``z_hat = ReLU(h W^T + b)``, with ``W`` of shape
+``[F, N]``, ``N < F``. The output ReLU is the authors' (and Elhage et al.'s) choice; the paper's
+equation omits it, and without it the model learns no superposition (REFERENCE.md). It is the
+``output_relu`` flag, on by default.
+
+Training is one pure function: ``train = make_train(config)``; ``train(key) -> (params, metrics)``
+runs the whole pass as one ``lax.scan``. Many seeds are ``jax.jit(jax.vmap(train))(keys)``; the
+data key lives in the config, so every seed sees the same rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from superalign import _checks
+from superalign import features as feats
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """Toy-model settings (paper defaults, REFERENCE.md)."""
+
+    n_features: int = 64
+    n_hidden: int = 16
+    feature_prob: float = 0.1
+    batch_size: int = 1024
+    n_steps: int = 10_000
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # PyTorch's AdamW default, which the paper's runs used
+    output_relu: bool = True
+    data_seed: int = 0
+    train_fraction: float = 0.8  # of the batches, for the SAE split downstream
+
+    def __post_init__(self):
+        _checks.positive_int("n_features", self.n_features)
+        _checks.positive_int("n_hidden", self.n_hidden)
+        _checks.probability("feature_prob", self.feature_prob)
+        _checks.positive_int("batch_size", self.batch_size)
+        _checks.positive_int("n_steps", self.n_steps)
+        _checks.positive_float("lr", self.lr)
+        _checks.nonnegative_float("weight_decay", self.weight_decay)
+        self.data.validate()
+
+    @property
+    def data(self) -> feats.DataSpec:
+        """The dataset this model trains on (one pass, ``n_steps`` batches)."""
+        return feats.DataSpec(
+            seed=self.data_seed,
+            n_features=self.n_features,
+            prob=self.feature_prob,
+            batch_size=self.batch_size,
+            n_steps=self.n_steps,
+            train_fraction=self.train_fraction,
+        )
+
+
+class ToyParams(NamedTuple):
+    W: jax.Array  # [F, N]
+    b: jax.Array  # [F]
+
+
+class ToyState(NamedTuple):
+    """Training state: parameters and AdamW state (the step lives outside, unbatched)."""
+
+    params: ToyParams
+    opt_state: optax.OptState
+
+
+class ToyMetrics(NamedTuple):
+    loss: jax.Array  # [n_steps] training loss per step
+
+
+# Xavier (Glorot) normal as in PyTorch's xavier_normal_: a plain, untruncated normal.
+_xavier_normal = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def init(config: ToyConfig, key: jax.Array) -> ToyParams:
+    """Xavier-normal ``W [F, N]`` and a zero bias ``b [F]``."""
+    W = _xavier_normal(key, (config.n_features, config.n_hidden), jnp.float32)
+    return ToyParams(W=W, b=jnp.zeros((config.n_features,), jnp.float32))
+
+
+def hidden(params: ToyParams, z: jax.Array) -> jax.Array:
+    """Neuron activations ``h = ReLU(z W)``: ``[..., F] -> [..., N]``."""
+    return jax.nn.relu(z @ params.W)
+
+
+def forward(params: ToyParams, z: jax.Array, output_relu: bool = True) -> jax.Array:
+    """Reconstruction ``z_hat = ReLU(h W^T + b)`` (no output ReLU if ``output_relu`` is False)."""
+    out = hidden(params, z) @ params.W.T + params.b
+    return jax.nn.relu(out) if output_relu else out
+
+
+def loss(
+    params: ToyParams, z: jax.Array, weights: jax.Array, output_relu: bool = True
+) -> jax.Array:
+    """Importance-weighted squared error, mean over batch and features.
+
+    Args:
+      params: the model.
+      z: ``[B, F]`` features.
+      weights: ``[F]`` importance.
+      output_relu: see :func:`forward`.
+    """
+    err = z - forward(params, z, output_relu)
+    return jnp.mean(weights * err**2)
+
+
+def optimizer(config: ToyConfig) -> optax.GradientTransformation:
+    return optax.adamw(config.lr, weight_decay=config.weight_decay)
+
+
+def init_state(config: ToyConfig, key: jax.Array) -> ToyState:
+    params = init(config, key)
+    return ToyState(params=params, opt_state=optimizer(config).init(params))
+
+
+def make_run(
+    config: ToyConfig, batch_fn: Callable[[jax.Array], jax.Array] | None = None
+) -> Callable[[ToyState, jax.Array, int], tuple[ToyState, ToyMetrics]]:
+    """Build ``run(state, start, n) -> (state, metrics)``: steps ``start .. start + n - 1``.
+
+    Checkpointing code calls ``run`` on consecutive segments; :func:`make_train` runs it once.
+    ``start`` is a shared (unbatched) scalar, so under ``vmap`` over seeds the batch is drawn once
+    and every seed trains on it.
+
+    Args:
+      config: the model and data.
+      batch_fn: ``step -> [B, F]`` features; default :func:`superalign.features.batch` of the
+        config's dataset. Benchmarks pass a pre-generated buffer here.
+    """
+    spec = config.data
+    batch_fn = batch_fn or (lambda step: feats.batch(spec, step))
+    opt = optimizer(config)
+    weights = feats.importance(config.n_features)
+    grad_fn = jax.value_and_grad(loss)
+
+    def step_fn(state: ToyState, step):
+        z = batch_fn(step)
+        value, grads = grad_fn(state.params, z, weights, config.output_relu)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return ToyState(params, opt_state), value
+
+    def run(state: ToyState, start, n: int):
+        steps = start + jnp.arange(n)
+        state, losses = jax.lax.scan(step_fn, state, steps)
+        return state, ToyMetrics(loss=losses)
+
+    return run
+
+
+def make_train(
+    config: ToyConfig, batch_fn: Callable[[jax.Array], jax.Array] | None = None
+) -> Callable[[jax.Array], tuple[ToyParams, ToyMetrics]]:
+    """Build the pure ``train(key) -> (params, metrics)`` for one seed.
+
+    Many seeds: ``jax.jit(jax.vmap(make_train(config)))(jax.random.split(key, n))``.
+    """
+    run = make_run(config, batch_fn)
+
+    def train(key: jax.Array):
+        state, metrics = run(init_state(config, key), 0, config.n_steps)
+        return state.params, metrics
+
+    return train
