@@ -6,3 +6,16 @@ representations reveals hidden alignment". Library functions are pure; experimen
 """
 
 __version__ = "0.1.0"
+
+from superalign import analysis, features, sae, toy
+from superalign.analysis import (
+    arrangement_best_match,
+    feature_norms,
+    feature_recovery,
+    n_directions,
+    n_represented,
+    shared_features,
+)
+from superalign.features import DataSpec, importance
+from superalign.sae import SAEConfig, SAEParams, dnn_config, toy_config
+from superalign.toy import ToyConfig, ToyParams
