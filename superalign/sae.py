@@ -58,8 +58,9 @@ class SAEConfig:
     def __post_init__(self):
         _checks.positive_int("n_inputs", self.n_inputs)
         _checks.positive_int("n_latents", self.n_latents)
-        _checks.positive_int("k", self.k)
-        if self.k > self.n_latents:
+        if not (isinstance(self.k, int) and not isinstance(self.k, bool)) or not (
+            1 <= self.k <= self.n_latents
+        ):
             raise ValueError(f"k must be in 1..n_latents={self.n_latents}, got {self.k}")
         if self.k_aux is not None:
             _checks.positive_int("k_aux", self.k_aux)

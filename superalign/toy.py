@@ -172,3 +172,15 @@ def make_train(
         return state.params, metrics
 
     return train
+
+
+def activations(params: ToyParams, spec: feats.DataSpec, start, n_steps: int) -> jax.Array:
+    """Neuron activations for batches ``start .. start + n_steps - 1`` of the dataset.
+
+    Under ``vmap`` over seeds (params) the features are drawn once and shared.
+
+    Returns:
+      ``[n_steps * B, N]`` activations, rows in dataset order.
+    """
+    z = feats.batches(spec, start + jnp.arange(n_steps))
+    return hidden(params, z.reshape(-1, spec.n_features))
