@@ -17,5 +17,7 @@ from superalign.analysis import (
     shared_features,
 )
 from superalign.features import DataSpec, importance
+from superalign.matching import permutation_score, semi_matching, soft_matching
+from superalign.regression import ridge_regression
 from superalign.sae import SAEConfig, SAEParams, dnn_config, toy_config
 from superalign.toy import ToyConfig, ToyParams

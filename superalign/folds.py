@@ -1,0 +1,385 @@
+"""Cross-validation machinery shared by the alignment metrics.
+
+The protocol (``REFERENCE.md``, "Alignment protocol"): shuffled K folds with a fixed seed; a unit
+that is all zero in the train part or the test part of any fold is dead and removed once, before
+scoring; per fold the columns are centred and scaled to unit norm, the train part with train
+statistics and the test part with test statistics, so correlations are inner products.
+
+Correlations are never formed from the raw rows of each fold's train part. Each row belongs to
+exactly one fold part (the test part of one fold), so one blocked pass over the rows gives, per
+part, the count, mean and centred cross products; the train statistics of fold k are the pooled
+statistics of the other parts (Chan et al.'s parallel formula). That costs one pass over the data
+instead of K, keeps memory at ``[K, Na, Nb]`` whatever the number of rows, and is accurate in
+float32: every part is centred with its own two-pass mean, blocks are accumulated with Kahan
+compensation, and the pooling corrections are products of small mean differences.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from superalign import _checks
+
+
+class Folds(NamedTuple):
+    """A shuffled K-fold split: the test part of every fold (the train part is the rest).
+
+    Attributes:
+      parts: K arrays of test row indices, in scikit-learn's order.
+      sizes: [K] rows per part (scikit-learn's fold sizes).
+    """
+
+    parts: tuple
+    sizes: np.ndarray
+
+
+class FoldMoments(NamedTuple):
+    """Centred second moments of X and Y per fold part (the test part of each fold).
+
+    Attributes:
+      count: [K] rows per part.
+      mean_x: [K, Na] column means of X per part.
+      mean_y: [K, Nb] column means of Y per part.
+      ss_x: [K, Na] centred sums of squares of X per part.
+      ss_y: [K, Nb] centred sums of squares of Y per part.
+      cross: [K, Na, Nb] centred cross products X^T Y per part.
+    """
+
+    count: jax.Array
+    mean_x: jax.Array
+    mean_y: jax.Array
+    ss_x: jax.Array
+    ss_y: jax.Array
+    cross: jax.Array
+
+
+class LiveUnits(NamedTuple):
+    """Result of the dead-unit rule for one matrix.
+
+    Attributes:
+      live: [n_live] int indices of the kept columns.
+      dead: [n_dead] int indices of the removed columns.
+    """
+
+    live: np.ndarray
+    dead: np.ndarray
+
+
+def kfold_test_indices(n_rows: int, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Test indices of a shuffled K-fold split, identical to scikit-learn's.
+
+    ``sklearn.model_selection.KFold(n_folds, shuffle=True, random_state=seed)`` shuffles
+    ``arange(n_rows)`` with ``RandomState(seed)`` and cuts it into consecutive parts, the first
+    ``n_rows % n_folds`` of them one row longer. This reproduces it without scikit-learn.
+
+    Args:
+      n_rows: number of stimuli M.
+      n_folds: number of folds K.
+      seed: integer seed of the shuffle.
+
+    Returns:
+      K arrays of test row indices (in shuffled order); fold k trains on all other rows.
+    """
+    order = np.arange(n_rows)
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(n_folds, n_rows // n_folds, dtype=int)
+    sizes[: n_rows % n_folds] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [order[bounds[k] : bounds[k + 1]] for k in range(n_folds)]
+
+
+def block_rows_for(n_folds: int, width: int, part_rows: int, budget: int = 1 << 24) -> int:
+    """Rows per block so that one block of every part holds about ``budget`` numbers."""
+    rows = budget // max(1, n_folds * width)
+    rows = int(np.clip(rows, 256, 8192))
+    rows = 1 << int(np.floor(np.log2(rows)))
+    return int(min(rows, 1 << int(np.ceil(np.log2(max(part_rows, 1))))))
+
+
+def make_folds(n_rows: int, n_folds: int, seed: int) -> Folds:
+    """Shuffled K-fold split of ``n_rows`` stimuli (validated; see :func:`kfold_test_indices`)."""
+    check_fold_counts(n_rows, n_folds)
+    parts = kfold_test_indices(n_rows, n_folds, _check_seed(seed))
+    return Folds(tuple(parts), np.array([len(p) for p in parts]))
+
+
+def blocked(folds: Folds, block_rows: int) -> tuple[jax.Array, jax.Array]:
+    """Lay the parts out as padded row blocks for the scans.
+
+    Args:
+      folds: the split.
+      block_rows: rows per block B.
+
+    Returns:
+      ``(index, mask)``, each [K, n_blocks, B]: row indices (padding points at row 0) and a
+      mask that is True for real rows.
+    """
+    n_folds = len(folds.parts)
+    n_blocks = -(-int(folds.sizes.max()) // block_rows)
+    index = np.zeros((n_folds, n_blocks * block_rows), dtype=np.int32)
+    mask = np.zeros(index.shape, dtype=bool)
+    for k, part in enumerate(folds.parts):
+        index[k, : len(part)] = part
+        mask[k, : len(part)] = True
+    shape = (n_folds, n_blocks, block_rows)
+    return jnp.asarray(index.reshape(shape)), jnp.asarray(mask.reshape(shape))
+
+
+def check_fold_counts(n_rows: int, n_folds) -> int:
+    """Raise unless ``n_folds`` >= 2 and every fold has at least 2 rows."""
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if n_rows < n_folds:
+        raise ValueError(
+            f"n_folds={n_folds} is larger than the number of stimuli (rows of X) {n_rows}"
+        )
+    if n_rows // n_folds < 2:
+        raise ValueError(
+            f"n_folds={n_folds} leaves fewer than 2 rows per fold for {n_rows} stimuli "
+            f"(rows of X); need at least {2 * n_folds} rows"
+        )
+    return int(n_folds)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def check_pair(X, Y) -> tuple[jax.Array, jax.Array]:
+    """Validate a pair of response matrices and return them as floating jax arrays.
+
+    Args:
+      X: [M, Na] source responses.
+      Y: [M, Nb] target responses.
+    """
+    _checks.array("X", X, ndim=2)
+    _checks.array("Y", Y, ndim=2)
+    if np.shape(X)[0] != np.shape(Y)[0]:
+        raise ValueError(
+            f"X and Y must have the same number of stimuli (rows), got X {np.shape(X)} "
+            f"and Y {np.shape(Y)}"
+        )
+    for name, a in (("X", X), ("Y", Y)):
+        if np.shape(a)[1] < 1:
+            raise ValueError(f"{name} must have at least one unit (column), got {np.shape(a)}")
+    X = jnp.asarray(X)
+    Y = jnp.asarray(Y)
+    dtype = jnp.promote_types(jnp.result_type(X, Y), jnp.float32)
+    return X.astype(dtype), Y.astype(dtype)
+
+
+@jax.jit
+def _part_ranges(X: jax.Array, index: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[K, N] minimum and maximum of every column over every fold part."""
+
+    def step(carry, block):
+        lo, hi = carry
+        idx, m = block
+        rows = X[idx]  # [K, B, N]
+        m = m[..., None]
+        lo = jnp.minimum(lo, jnp.where(m, rows, jnp.inf).min(axis=1))
+        hi = jnp.maximum(hi, jnp.where(m, rows, -jnp.inf).max(axis=1))
+        return (lo, hi), None
+
+    k, n = index.shape[0], X.shape[1]
+    init = (jnp.full((k, n), jnp.inf, X.dtype), jnp.full((k, n), -jnp.inf, X.dtype))
+    (lo, hi), _ = jax.lax.scan(step, init, (jnp.swapaxes(index, 0, 1), jnp.swapaxes(mask, 0, 1)))
+    return lo, hi
+
+
+def live_units(name: str, X, folds: Folds) -> LiveUnits:
+    """Apply the dead-unit rule to the columns of ``X``; refuse constant non-zero columns.
+
+    A column is dead if it is all zero in the test part or the train part of any fold. Every
+    train part is a union of other test parts, so that is the same as: all zero in some part.
+    A column that is constant but not zero in some part (hence in some train or test part) has
+    no defined correlation there; it is refused rather than scored as NaN.
+
+    Args:
+      name: argument name for error messages.
+      X: [M, N] responses.
+      folds: the split.
+
+    Returns:
+      A :class:`LiveUnits`; raises ``ValueError`` if no column is live.
+    """
+    block = block_rows_for(len(folds.sizes), np.shape(X)[1], int(folds.sizes.max()))
+    lo, hi = (np.asarray(a) for a in _part_ranges(X, *blocked(folds, block)))
+    zero = (lo == 0) & (hi == 0)
+    constant = (lo == hi) & ~zero
+    dead = zero.any(axis=0)
+    bad = constant.any(axis=0) & ~dead
+    if bad.any():
+        col = int(np.flatnonzero(bad)[0])
+        part = int(np.flatnonzero(constant[:, col])[0])
+        raise ValueError(
+            f"{name} column {col} is constant ({lo[part, col]!r}) but not zero on the rows of fold "
+            f"{part}; its correlation is undefined ({int(bad.sum())} such column(s) in {name} "
+            f"of shape {np.shape(X)})"
+        )
+    live = np.flatnonzero(~dead)
+    if live.size == 0:
+        raise ValueError(
+            f"{name} has no live unit: all {np.shape(X)[1]} columns are all zero on the train or "
+            "test rows of some fold"
+        )
+    return LiveUnits(live, np.flatnonzero(dead))
+
+
+def _kahan_add(total, comp, value):
+    y = value - comp
+    t = total + y
+    return t, (t - total) - y
+
+
+@jax.jit
+def fold_moments(
+    X: jax.Array, Y: jax.Array, live_x: jax.Array, live_y: jax.Array, index, mask
+) -> FoldMoments:
+    """Per-part centred moments of the live columns of X and Y, in row blocks.
+
+    Args:
+      X: [M, Na_all] source responses.
+      Y: [M, Nb_all] target responses.
+      live_x: [Na] columns of X to keep.
+      live_y: [Nb] columns of Y to keep.
+      index: [K, n_blocks, B] row indices of every part (``Folds.index``).
+      mask: [K, n_blocks, B] real-row mask (``Folds.mask``).
+
+    Returns:
+      A :class:`FoldMoments` for the kept columns.
+    """
+    dtype = X.dtype
+    blocks = (jnp.swapaxes(index, 0, 1), jnp.swapaxes(mask, 0, 1))
+    k = index.shape[0]
+    na, nb = live_x.shape[0], live_y.shape[0]
+
+    def rows(idx, m):
+        w = m[..., None].astype(dtype)
+        return X[idx][..., live_x] * w, Y[idx][..., live_y] * w, w
+
+    def sum_step(carry, block):
+        (sx, cx), (sy, cy) = carry
+        x, y, _ = rows(*block)
+        return (_kahan_add(sx, cx, x.sum(1)), _kahan_add(sy, cy, y.sum(1))), None
+
+    zx, zy = jnp.zeros((k, na), dtype), jnp.zeros((k, nb), dtype)
+    ((sx, _), (sy, _)), _ = jax.lax.scan(sum_step, ((zx, zx), (zy, zy)), blocks)
+    count = mask.sum(axis=(1, 2)).astype(dtype)
+    mx = sx / count[:, None]
+    my = sy / count[:, None]
+
+    def moment_step(carry, block):
+        x, y, w = rows(*block)
+        x = (x - mx[:, None, :]) * w
+        y = (y - my[:, None, :]) * w
+        new = []
+        for (acc, comp), v in zip(
+            carry,
+            (
+                x.sum(1),
+                y.sum(1),
+                (x * x).sum(1),
+                (y * y).sum(1),
+                jnp.einsum("kbi,kbj->kij", x, y, precision=jax.lax.Precision.HIGHEST),
+            ),
+            strict=True,
+        ):
+            new.append(_kahan_add(acc, comp, v))
+        return tuple(new), None
+
+    zxy = jnp.zeros((k, na, nb), dtype)
+    init = tuple((z, z) for z in (zx, zy, zx, zy, zxy))
+    acc, _ = jax.lax.scan(moment_step, init, blocks)
+    (dx, _), (dy, _), (qx, _), (qy, _), (qxy, _) = acc
+    # Second pass of the two-pass mean: remove what the first mean missed.
+    ss_x = qx - dx * dx / count[:, None]
+    ss_y = qy - dy * dy / count[:, None]
+    cross = qxy - dx[:, :, None] * dy[:, None, :] / count[:, None, None]
+    return FoldMoments(count, mx + dx / count[:, None], my + dy / count[:, None], ss_x, ss_y, cross)
+
+
+def _safe_rsqrt(ss):
+    # A live column has positive variance in every part; the guard only keeps an underflowed
+    # sum of squares from turning into NaN (its correlations become 0).
+    return jnp.where(ss > 0, jax.lax.rsqrt(jnp.where(ss > 0, ss, 1.0)), 0.0)
+
+
+def fold_correlations(moments: FoldMoments, k) -> tuple[jax.Array, jax.Array]:
+    """Train and test correlation matrices of fold ``k`` from per-part moments.
+
+    The train part pools every part but k: sums of centred products plus ``n_j`` times the
+    outer product of each part's mean offset from the pooled mean.
+
+    Args:
+      moments: per-part moments from :func:`fold_moments`.
+      k: fold index (may be traced).
+
+    Returns:
+      ``(train, test)``, each [Na, Nb] Pearson correlations.
+    """
+    n_parts = moments.count.shape[0]
+    keep = (jnp.arange(n_parts) != k).astype(moments.cross.dtype)
+    w = keep * moments.count
+    mean_x = jnp.einsum("j,ja->a", w, moments.mean_x) / w.sum()
+    mean_y = jnp.einsum("j,jb->b", w, moments.mean_y) / w.sum()
+    dx = moments.mean_x - mean_x
+    dy = moments.mean_y - mean_y
+    hi = jax.lax.Precision.HIGHEST
+    cross = jnp.einsum("j,jab->ab", keep, moments.cross, precision=hi) + jnp.einsum(
+        "j,ja,jb->ab", w, dx, dy, precision=hi
+    )
+    ss_x = keep @ moments.ss_x + w @ (dx * dx)
+    ss_y = keep @ moments.ss_y + w @ (dy * dy)
+    train = cross * _safe_rsqrt(ss_x)[:, None] * _safe_rsqrt(ss_y)[None, :]
+    test = (
+        moments.cross[k]
+        * _safe_rsqrt(moments.ss_x[k])[:, None]
+        * _safe_rsqrt(moments.ss_y[k])[None, :]
+    )
+    return train, test
+
+
+class Prepared(NamedTuple):
+    """Validated inputs of a cross-validated metric."""
+
+    X: jax.Array
+    Y: jax.Array
+    folds: Folds
+    units_x: LiveUnits
+    units_y: LiveUnits
+
+
+def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
+    """Validate ``X``, ``Y``, ``n_folds`` and ``seed``; split and apply the dead-unit rule.
+
+    Every ``ValueError`` of the metrics' inputs is raised here, before any scoring work.
+    """
+    if np.ndim(X) == 2 and np.ndim(Y) == 2 and np.shape(X)[0] == np.shape(Y)[0]:
+        check_fold_counts(np.shape(X)[0], n_folds)
+    X, Y = check_pair(X, Y)
+    folds = make_folds(X.shape[0], n_folds, seed)
+    units_x = live_units("X", X, folds)
+    units_y = live_units("Y", Y, folds)
+    return Prepared(X, Y, folds, units_x, units_y)
+
+
+def moments_of(p: Prepared) -> FoldMoments:
+    """Per-part moments of the live columns of a prepared pair, in blocks sized for memory."""
+    width = len(p.units_x.live) + len(p.units_y.live)
+    block = block_rows_for(len(p.folds.sizes), width, int(p.folds.sizes.max()))
+    return fold_moments(
+        p.X, p.Y, jnp.asarray(p.units_x.live), jnp.asarray(p.units_y.live), *blocked(p.folds, block)
+    )
+
+
+def summary(scores) -> tuple[np.ndarray, float, float]:
+    """Per-fold scores as numpy, their mean and standard error (std ddof=1 / sqrt(K))."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores, float(scores.mean()), float(scores.std(ddof=1) / np.sqrt(len(scores)))
