@@ -1,0 +1,146 @@
+"""Folds, dead-unit rule, blocked correlations and input validation of the alignment metrics."""
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold
+
+import superalign
+from superalign import folds as F
+
+
+def _standardize(a):
+    a = a - a.mean(0)
+    return a / np.linalg.norm(a, axis=0)
+
+
+def _reference_dead(X, n_folds, seed):
+    """Plain numpy loop over scikit-learn's KFold: all zero in any train or test part."""
+    dead = np.zeros(X.shape[1], bool)
+    for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(X):
+        dead |= (X[train] == 0).all(0) | (X[test] == 0).all(0)
+    return np.flatnonzero(dead)
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(10, 2, 0), (103, 5, 0), (1000, 7, 3), (57, 5, 11)])
+def test_kfold_matches_sklearn(n, k, seed):
+    ours = F.kfold_test_indices(n, k, seed)
+    theirs = [test for _, test in KFold(k, shuffle=True, random_state=seed).split(np.zeros(n))]
+    assert len(ours) == k
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.sort(a), b)
+
+
+def test_fold_correlations_match_float64_reference():
+    # Offsets and scales far from zero mean and unit variance: float32 must still agree with a
+    # float64 reference to 1e-5, for train (pooled) and test (own part) statistics alike.
+    rng = np.random.default_rng(0)
+    m = 20_003
+    X = (
+        rng.standard_normal((m, 7)) * [1, 10, 0.01, 3, 1, 1, 1] + [1e3, -50, 2, 0, 7, 0, 1]
+    ).astype(np.float32)
+    Y = (X[:, :5] * 0.3 + rng.standard_normal((m, 5)) + 100).astype(np.float32)
+    p = F.prepare(X, Y, 5, 0)
+    moments = F.moments_of(p)
+    x, y = X.astype(np.float64), Y.astype(np.float64)
+    for k, (train, test) in enumerate(KFold(5, shuffle=True, random_state=0).split(X)):
+        tr, te = (np.asarray(a) for a in F.fold_correlations(moments, k))
+        np.testing.assert_allclose(tr, _standardize(x[train]).T @ _standardize(y[train]), atol=1e-5)
+        np.testing.assert_allclose(te, _standardize(x[test]).T @ _standardize(y[test]), atol=1e-5)
+
+
+def test_blocking_does_not_change_moments():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5000, 6)).astype(np.float32) + 3
+    Y = rng.standard_normal((5000, 4)).astype(np.float32)
+    p = F.prepare(X, Y, 3, 2)
+    live_x, live_y = np.arange(6), np.arange(4)
+    small = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 64))
+    large = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 4096))
+    for a, b in zip(small, large, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+
+
+def test_dead_unit_rule_matches_sklearn_loop():
+    rng = np.random.default_rng(2)
+    m = 200
+    X = rng.standard_normal((m, 8)).astype(np.float32)
+    parts = F.kfold_test_indices(m, 5, 0)
+    X[:, 1] = 0.0  # dead everywhere
+    X[parts[2], 3] = 0.0  # all zero in one test part
+    only = np.zeros(m, bool)
+    only[parts[4]] = True
+    X[~only, 5] = 0.0  # all zero in the train part of fold 4 (alive only in its test part)
+    X[parts[0][:-1], 6] = 0.0  # one non-zero row left in part 0: alive
+    dead = F.live_units("X", X, F.make_folds(m, 5, 0)).dead
+    np.testing.assert_array_equal(dead, _reference_dead(X, 5, 0))
+    np.testing.assert_array_equal(dead, [1, 3, 5])
+    result = superalign.semi_matching(X, rng.standard_normal((m, 3)))
+    np.testing.assert_array_equal(result.dead_x, [1, 3, 5])
+    assert result.dead_y.size == 0
+
+
+def test_second_call_does_not_recompile():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 5)).astype(np.float32)
+    Y = rng.standard_normal((300, 4)).astype(np.float32)
+    superalign.semi_matching(X, Y)
+    before = F.fold_moments._cache_size()
+    superalign.semi_matching(X + 1, Y * 2)
+    assert F.fold_moments._cache_size() == before
+
+
+def _metric_calls():
+    return [
+        ("semi", superalign.semi_matching, {}),
+        ("soft", superalign.soft_matching, {}),
+        ("perm", superalign.permutation_score, {}),
+        ("ridge", superalign.ridge_regression, {}),
+    ]
+
+
+def _bad_inputs():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    Y = rng.standard_normal((40, 2)).astype(np.float32)
+    nan = X.copy()
+    nan[3, 1] = np.nan
+    inf = Y.copy()
+    inf[0, 0] = np.inf
+    const = X.copy()
+    const[:, 2] = 1.5
+    dead = np.zeros_like(Y)
+    return [
+        ("different stimuli", (X, Y[:30]), {}, "same number of stimuli"),
+        ("NaN", (nan, Y), {}, "X must be finite"),
+        ("Inf", (X, inf), {}, "Y must be finite"),
+        ("rank 1", (X[:, 0], Y), {}, "X must have rank 2"),
+        ("rank 3", (X, Y[None]), {}, "Y must have rank 2"),
+        ("fewer rows than folds", (X[:4], Y[:4]), {}, "n_folds=5 is larger"),
+        ("fewer than 2 rows per fold", (X[:9], Y[:9]), {}, "fewer than 2 rows per fold"),
+        ("one fold", (X, Y), {"n_folds": 1}, "n_folds must be an integer >= 2"),
+        ("no live unit", (X, dead), {}, "Y has no live unit"),
+        ("constant column", (const, Y), {}, "X column 2 is constant"),
+    ]
+
+
+@pytest.mark.parametrize(("metric", "fn", "extra"), _metric_calls(), ids=lambda v: str(v)[:5])
+@pytest.mark.parametrize(
+    ("case", "args", "kwargs", "message"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()]
+)
+def test_bad_input_raises_value_error(metric, fn, extra, case, args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fn(*args, **kwargs, **extra)
+
+
+def test_constant_column_within_one_fold_is_refused():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    X[F.kfold_test_indices(50, 5, 0)[1], 0] = 2.0  # constant, non-zero, on one test part
+    with pytest.raises(ValueError, match="X column 0 is constant"):
+        superalign.soft_matching(X, rng.standard_normal((50, 3)))
+
+
+def test_summary_sem_is_std_over_sqrt_k():
+    scores, mean, sem = F.summary([0.1, 0.2, 0.4])
+    assert mean == pytest.approx(np.mean(scores))
+    assert sem == pytest.approx(np.std(scores, ddof=1) / np.sqrt(3))

@@ -1,0 +1,179 @@
+"""Matching scores against independent references: plain numpy over scikit-learn's KFold,
+scipy's linear_sum_assignment, POT's exact solver, and the closed form of paper section 3."""
+
+import numpy as np
+import ot
+import pytest
+from scipy.optimize import linear_sum_assignment
+from sklearn.model_selection import KFold
+
+import superalign
+from superalign import matching
+
+
+def _standardize(a):
+    a = a - a.mean(0)
+    return a / np.linalg.norm(a, axis=0)
+
+
+def _reference_folds(X, Y, n_folds=5, seed=0):
+    """float64 train and test correlations per fold, dead units removed (numpy + sklearn)."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
+    keep = []
+    for A in (X, Y):
+        dead = np.zeros(A.shape[1], bool)
+        for train, test in splits:
+            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
+        keep.append(np.flatnonzero(~dead))
+    X, Y = X[:, keep[0]], Y[:, keep[1]]
+    out = []
+    for train, test in splits:
+        out.append(
+            (
+                _standardize(X[train]).T @ _standardize(Y[train]),
+                _standardize(X[test]).T @ _standardize(Y[test]),
+            )
+        )
+    return out, keep
+
+
+def _random(m, na, nb, seed):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((m, na)).astype(np.float32),
+        rng.standard_normal((m, nb)).astype(np.float32),
+    )
+
+
+def _planted(m, na, nb, seed, noise=1.0):
+    """A noisy permutation: Y's units are X's shared latents in shuffled order, plus noise."""
+    rng = np.random.default_rng(seed)
+    n = max(na, nb)
+    z = rng.standard_normal((m, n))
+    X = z[:, :na] + noise * rng.standard_normal((m, na))
+    Y = z[:, rng.permutation(n)[:nb]] + noise * rng.standard_normal((m, nb))
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+def _sparse_relu(m, n, seed):
+    rng = np.random.default_rng(seed)
+    X = np.maximum(rng.standard_normal((m, n)) - 1.0, 0).astype(np.float32)
+    X[:, 0] = 0.0  # a dead unit
+    return X
+
+
+@pytest.mark.parametrize("direction", ["target", "source"])
+def test_semi_matching_matches_numpy_loop(direction):
+    X = _sparse_relu(2003, 30, 0)
+    rng = np.random.default_rng(1)
+    Y = (X[:, rng.permutation(30)[:20]] + 0.7 * rng.standard_normal((2003, 20))).astype(np.float32)
+    result = superalign.semi_matching(X, Y, direction=direction, seed=4)
+    folds, (live_x, live_y) = _reference_folds(X, Y, seed=4)
+    expected = []
+    for k, (train, test) in enumerate(folds):
+        if direction == "source":
+            train, test = train.T, test.T
+        best = train.argmax(0)
+        expected.append(test[best, np.arange(test.shape[1])].mean())
+        partners = live_x if direction == "target" else live_y
+        np.testing.assert_array_equal(result.matches[k], partners[best])
+    np.testing.assert_allclose(result.folds, expected, atol=1e-5)
+    assert result.mean == pytest.approx(np.mean(expected), abs=1e-5)
+    assert result.sem == pytest.approx(np.std(expected, ddof=1) / np.sqrt(5), abs=1e-5)
+    np.testing.assert_array_equal(result.dead_x, [0])
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (25, 40), (40, 25)])
+def test_permutation_score_matches_linear_sum_assignment(shape):
+    X, Y = _planted(1500, *shape, seed=2, noise=2.0)
+    result = superalign.permutation_score(X, Y)
+    folds, _ = _reference_folds(X, Y)
+    expected = []
+    for train, test in folds:
+        rows, cols = linear_sum_assignment(train, maximize=True)
+        expected.append(test[rows, cols].mean())
+    np.testing.assert_allclose(result.folds, expected, atol=1e-5)
+    assert result.rows.shape == (5, min(shape))
+
+
+def _exact_reference(X, Y, n_folds):
+    folds, _ = _reference_folds(X, Y, n_folds=n_folds)
+    scores = []
+    for train, test in folds:
+        na, nb = train.shape
+        plan = ot.emd(np.full(na, 1 / na), np.full(nb, 1 / nb), 1 - train, numItermax=10**8)
+        scores.append((plan * test).sum())
+    return np.array(scores)
+
+
+@pytest.mark.parametrize(
+    ("na", "nb", "m", "n_folds"),
+    # 1000 x 1500 on 2 folds keeps the exact reference and the test fast.
+    [(64, 64, 4000, 5), (256, 256, 4000, 5), (1000, 1500, 4000, 2)],
+)
+@pytest.mark.parametrize("data", ["random", "planted"])
+def test_soft_matching_agrees_with_exact_lp(na, nb, m, n_folds, data):
+    make = _random if data == "random" else _planted
+    X, Y = make(m, na, nb, seed=na + nb)
+    exact = _exact_reference(X, Y, n_folds)
+    ours_exact = superalign.soft_matching(X, Y, n_folds=n_folds, solver="exact")
+    np.testing.assert_allclose(ours_exact.folds, exact, atol=1e-5)
+    sinkhorn = superalign.soft_matching(X, Y, n_folds=n_folds)
+    assert sinkhorn.converged.all()
+    np.testing.assert_allclose(sinkhorn.folds, exact, atol=1e-3)
+    # The rounded plans are feasible: uniform marginals to float32 precision.
+    np.testing.assert_allclose(sinkhorn.plans.sum(2), 1 / na, rtol=1e-3)
+    np.testing.assert_allclose(sinkhorn.plans.sum(1), 1 / nb, rtol=1e-3)
+    assert (sinkhorn.plans >= 0).all()
+
+
+def test_soft_matching_equals_permutation_for_equal_sizes():
+    X, Y = _planted(3000, 50, 50, seed=7, noise=1.5)
+    soft = superalign.soft_matching(X, Y, solver="exact")
+    perm = superalign.permutation_score(X, Y)
+    np.testing.assert_allclose(soft.folds, perm.folds, atol=1e-6)
+
+
+def test_non_convergence_is_reported_and_warned():
+    X, Y = _random(1000, 40, 40, seed=8)
+    cfg = matching.SinkhornConfig(epsilon=1e-4, threshold=1e-9, max_iterations=10)
+    with pytest.warns(RuntimeWarning, match="did not reach threshold"):
+        result = superalign.soft_matching(X, Y, config=cfg)
+    assert not result.converged.any()
+    assert np.isfinite(result.folds).all()
+    np.testing.assert_allclose(result.plans.sum(2), 1 / 40, rtol=1e-3)
+
+
+def test_round_to_polytope_gives_exact_marginals():
+    rng = np.random.default_rng(9)
+    plan = rng.uniform(size=(30, 20)) / 600
+    a, b = np.full(30, 1 / 30), np.full(20, 1 / 20)
+    rounded = np.asarray(matching.round_to_polytope(plan, a, b))
+    np.testing.assert_allclose(rounded.sum(1), a, rtol=1e-5)
+    np.testing.assert_allclose(rounded.sum(0), b, rtol=1e-5)
+    assert (rounded >= 0).all()
+
+
+def _k_sparse_whitened(m, f, k, seed):
+    """K-sparse latents with independent random signs: zero mean, equal variance, uncorrelated."""
+    rng = np.random.default_rng(seed)
+    z = np.zeros((m, f), np.float32)
+    support = np.argsort(rng.uniform(size=(m, f)), axis=1)[:, :k]
+    np.put_along_axis(z, support, rng.choice([-1.0, 1.0], size=(m, k)).astype(np.float32), 1)
+    return z
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_permutation_score_closed_form_deflation(n):
+    # Paper section 3, example (1): A_a = I; every unit of system b mixes n features with
+    # equal weights (unit-norm columns, cyclic supports); the score is 1/sqrt(n).
+    f = 48
+    z = _k_sparse_whitened(40_000, f, k=4, seed=n)
+    mix = np.zeros((f, f), np.float32)
+    for j in range(f):
+        mix[(j + np.arange(n)) % f, j] = 1 / np.sqrt(n)
+    result = superalign.permutation_score(z, z @ mix)
+    assert result.mean == pytest.approx(1 / np.sqrt(n), abs=0.01)
+    soft = superalign.soft_matching(z, z @ mix)
+    assert soft.mean == pytest.approx(1 / np.sqrt(n), abs=0.01)

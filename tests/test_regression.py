@@ -1,0 +1,102 @@
+"""Ridge regression score against scikit-learn's RidgeCV, fold by fold."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold
+
+import superalign
+from superalign import regression
+
+
+def _standardize(a):
+    a = a - a.mean(0)
+    return a / np.linalg.norm(a, axis=0)
+
+
+def _sklearn_loop(X, Y, alphas, n_folds=5, seed=0):
+    """Per fold: chosen alpha and mean test Pearson r of RidgeCV(alphas, fit_intercept=False)."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    chosen, scores = [], []
+    for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(X):
+        model = RidgeCV(alphas=alphas, fit_intercept=False)
+        model.fit(_standardize(X[train]), _standardize(Y[train]))
+        pred = model.predict(_standardize(X[test]))
+        r = [np.corrcoef(pred[:, j], Y[test, j])[0, 1] for j in range(Y.shape[1])]
+        chosen.append(model.alpha_)
+        scores.append(np.mean(r))
+    return np.array(chosen), np.array(scores)
+
+
+def _latent_data(m, na, nb, seed, noise_y=2.0, collinear=True):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((m, 15))
+    X = z @ rng.standard_normal((15, na)) + 0.5 * rng.standard_normal((m, na))
+    if collinear:  # ill-conditioned X: the small-alpha end must stay accurate
+        X[:, 1] = X[:, 0] + 1e-3 * rng.standard_normal(m)
+    X = np.maximum(X, 0) + 5.0  # offset columns: centring matters
+    Y = z @ rng.standard_normal((15, nb)) + noise_y * rng.standard_normal((m, nb))
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("m", "na", "nb", "noise_y", "seed"),
+    [
+        (2003, 40, 12, 2.0, 0),  # unequal fold sizes, tall X
+        (1500, 30, 30, 6.0, 1),  # noisy targets: a large alpha wins
+        (150, 200, 8, 1.0, 2),  # wide X (fewer train rows than units)
+    ],
+)
+def test_ridge_matches_sklearn_ridgecv(m, na, nb, noise_y, seed):
+    X, Y = _latent_data(m, na, nb, seed, noise_y)
+    alphas = regression.DEFAULT_ALPHAS
+    result = superalign.ridge_regression(X, Y)
+    chosen, scores = _sklearn_loop(X, Y, alphas)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-4)
+    assert result.mean == pytest.approx(scores.mean(), abs=1e-4)
+    assert result.loo_error.shape == (5, 17)
+    assert np.isfinite(result.folds).all()
+
+
+def test_ridge_drops_dead_units_and_matches_sklearn():
+    X, Y = _latent_data(1000, 20, 6, seed=3)
+    X[:, 4] = 0.0
+    Y[KFold(5, shuffle=True, random_state=1).split(X).__next__()[1], 2] = 0.0
+    result = superalign.ridge_regression(X, Y, seed=1, alphas=[1e-2, 1.0, 1e2])
+    np.testing.assert_array_equal(result.dead_x, [4])
+    np.testing.assert_array_equal(result.dead_y, [2])
+    chosen, scores = _sklearn_loop(np.delete(X, 4, 1), np.delete(Y, 2, 1), [1e-2, 1.0, 1e2], seed=1)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-4)
+
+
+def test_default_alphas_are_the_papers_sweep():
+    np.testing.assert_array_equal(regression.DEFAULT_ALPHAS, 10.0 ** np.arange(-8, 9))
+    assert len(regression.DEFAULT_ALPHAS) == 17
+
+
+@pytest.mark.parametrize(
+    "alphas", [[1.0, 0.0], [-1.0], [1.0, np.nan], [np.inf], [], [[1.0, 2.0]]], ids=str
+)
+def test_bad_alphas_raise(alphas):
+    X, Y = _latent_data(100, 5, 3, seed=4)
+    with pytest.raises(ValueError, match="alphas"):
+        superalign.ridge_regression(X, Y, alphas=alphas)
+
+
+def test_unpredictable_target_scores_without_nan():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 5)).astype(np.float32)
+    Y = rng.standard_normal((400, 3)).astype(np.float32)
+    result = superalign.ridge_regression(X, Y, alphas=[1e8])
+    assert np.isfinite(result.folds).all()
+    assert abs(result.mean) < 0.2
+
+
+def test_second_call_does_not_recompile():
+    X, Y = _latent_data(500, 10, 4, seed=6)
+    superalign.ridge_regression(X, Y)
+    before = regression._ridge_folds._cache_size()
+    superalign.ridge_regression(X * 2, Y + 1)
+    assert regression._ridge_folds._cache_size() == before
