@@ -1,0 +1,328 @@
+"""The toy-model experiment: paper section 4 and the toy half of section 6, from one command.
+
+    python -m experiments.toy_models                 # the paper's setting (REFERENCE.md)
+    python -m experiments.toy_models --quick         # about a minute
+    python -m experiments.toy_models --config.sizes="(16,)" --out runs/n16
+
+For every size N: two toy models (seeds as a vmap axis) trained on the same rows, TopK SAEs on
+the first 80% of their activations, random-SAE controls, then on the held-out 20%:
+soft- and semi-matching (Neuron->Neuron, SAE->SAE, RandSAE->SAE), ridge (Neuron->Neuron,
+SAE->Neuron, SAE->SAE, RandSAE->Neuron), the shared features and their arrangement, and the
+feature-recovery check. Training is checkpointed (orbax) every ``segment_steps`` batches; a
+killed run started again with the same command resumes, and finished stages are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import superalign
+from experiments import _io
+from experiments.configs import toy_models as configs
+from superalign import analysis, features, sae, toy
+
+MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
+RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
+
+
+def toy_config(cfg: configs.ToyExperimentConfig, n_hidden: int) -> toy.ToyConfig:
+    return toy.ToyConfig(
+        n_features=cfg.n_features,
+        n_hidden=n_hidden,
+        feature_prob=cfg.feature_prob,
+        batch_size=cfg.batch_size,
+        n_steps=cfg.n_steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        output_relu=cfg.output_relu,
+        data_seed=cfg.data_seed,
+        train_fraction=cfg.train_fraction,
+    )
+
+
+def sae_config(cfg: configs.ToyExperimentConfig, n_hidden: int) -> sae.SAEConfig:
+    return sae.toy_config(
+        n_hidden,
+        n_latents=cfg.sae_latents,
+        k=cfg.sae_k,
+        aux_weight=cfg.sae_aux_weight,
+        dead_steps=cfg.sae_dead_steps,
+        lr=cfg.sae_lr,
+        batch_size=cfg.batch_size,
+    )
+
+
+def _seed_keys(seeds, salt: int) -> jax.Array:
+    return jnp.stack([jax.random.fold_in(jax.random.key(s), salt) for s in seeds])
+
+
+def _segments(start: int, stop: int, size: int):
+    for s in range(start, stop, size):
+        yield s, min(size, stop - s)
+
+
+def _train_segmented(ckpt_dir, init_state, step_fn, start, stop, seg, desc, progress):
+    """Run ``step_fn(state, step, n)`` over [start, stop) in checkpointed segments; resume."""
+    ckpt = _io.Checkpoints(ckpt_dir)
+    done, state = ckpt.latest(jax.eval_shape(lambda: init_state))
+    state = init_state if state is None else state
+    with tqdm(
+        total=stop - start, initial=done, desc=desc, disable=not progress, leave=False
+    ) as bar:
+        for s, n in _segments(start + done, stop, seg):
+            state = step_fn(state, s, n)
+            ckpt.save(s + n - start, state)
+            bar.update(n)
+    ckpt.close()
+    return state
+
+
+def train_toy_models(cfg, n_hidden, out: Path, progress=True):
+    """Both seeds' toy models, ``[S, ...]`` parameters."""
+    tcfg = toy_config(cfg, n_hidden)
+    init = jax.vmap(lambda k: toy.init_state(tcfg, k))(_seed_keys(cfg.seeds, 0))
+    run = jax.jit(jax.vmap(toy.make_run(tcfg), in_axes=(0, None, None)), static_argnums=2)
+    state = _train_segmented(
+        out / "checkpoints" / f"toy_N{n_hidden}",
+        init,
+        lambda st, s, n: run(st, s, n)[0],
+        0,
+        cfg.n_steps,
+        cfg.segment_steps,
+        f"N={n_hidden} toy models",
+        progress,
+    )
+    return state.params
+
+
+def _activation_fn(tcfg: toy.ToyConfig, n_steps: int):
+    return jax.jit(
+        jax.vmap(lambda p, s: toy.activations(p, tcfg.data, s, n_steps), in_axes=(0, None))
+    )
+
+
+def train_saes(cfg, n_hidden, toy_params, out: Path, progress=True):
+    """Both seeds' SAEs on their own model's activations, one in-order pass over the train rows."""
+    tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
+    train_steps, _ = features.split_steps(tcfg.data)
+    init = jax.vmap(lambda k: sae.init_state(scfg, k))(_seed_keys(cfg.seeds, 1))
+    run = jax.jit(jax.vmap(sae.make_chunk_run(scfg), in_axes=(0, 0, None)))
+    acts = {}
+    unused_key = jax.random.key(0)  # in-order passes draw no randomness
+
+    def step_fn(state, s, n):
+        if n not in acts:
+            acts[n] = _activation_fn(tcfg, n)
+        return run(state, acts[n](toy_params, s), unused_key)[0]
+
+    state = _train_segmented(
+        out / "checkpoints" / f"sae_N{n_hidden}",
+        init,
+        step_fn,
+        train_steps.start,
+        train_steps.stop,
+        cfg.segment_steps,
+        f"N={n_hidden} SAEs",
+        progress,
+    )
+    return state.params
+
+
+def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
+    """Held-out features, neurons, SAE latents and random-SAE latents (host arrays)."""
+    tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
+    _, held = features.split_steps(tcfg.data)
+    rand_params = jax.vmap(lambda k: sae.init(scfg, k))(_seed_keys(cfg.seeds, cfg.random_sae_seed))
+
+    out = {"features": [], "neurons": [], "sae": [], "randsae": []}
+    fns = {}
+    encode = jax.jit(jax.vmap(lambda p, h: sae.encode(scfg, p, h)[0]))
+    rows = jax.jit(lambda s, n: features.batches(tcfg.data, s + jnp.arange(n)), static_argnums=1)
+    for s, n in tqdm(
+        list(_segments(held.start, held.stop, cfg.segment_steps)),
+        desc=f"N={n_hidden} held-out activations",
+        disable=not progress,
+        leave=False,
+    ):
+        if n not in fns:
+            fns[n] = _activation_fn(tcfg, n)
+        h = fns[n](toy_params, s)
+        out["features"].append(np.asarray(rows(s, n)).reshape(-1, cfg.n_features))
+        out["neurons"].append(np.asarray(h))
+        out["sae"].append(np.asarray(encode(sae_params, h)))
+        out["randsae"].append(np.asarray(encode(rand_params, h)))
+    return {
+        "features": np.concatenate(out["features"], axis=0),
+        **{k: np.concatenate(out[k], axis=1) for k in ("neurons", "sae", "randsae")},
+    }
+
+
+def _score(result) -> dict:
+    """The JSON record of one metric result: folds, mean, sem and what explains it."""
+    record = {"folds": result.folds, "mean": result.mean, "sem": result.sem}
+    for field in ("alpha", "converged", "dead_x", "dead_y"):
+        if hasattr(result, field):
+            record[field] = getattr(result, field)
+    return record
+
+
+def alignment(cfg, acts: dict, progress=True) -> dict:
+    """Every alignment score of one size on its held-out activations (seed 0 -> seed 1)."""
+    a, b = 0, 1
+    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": acts["randsae"]}
+    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
+    jobs = []
+    for cond in MATCHING:
+        src, tgt = cond.split("_")
+        jobs.append(("soft_matching", cond, superalign.soft_matching, src, tgt))
+        jobs.append(("semi_matching", cond, superalign.semi_matching, src, tgt))
+    for cond in RIDGE:
+        src, tgt = cond.split("_")
+        jobs.append(("ridge", cond, superalign.ridge_regression, src, tgt))
+    out: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
+    for metric, cond, fn, src, tgt in tqdm(
+        jobs, desc="alignment", disable=not progress, leave=False
+    ):
+        out[metric][cond] = _score(fn(sources[src][a], sources[tgt][b], **kw))
+    return out
+
+
+def analyse(cfg, toy_params, acts: dict) -> dict:
+    """Superposition analysis (figure 2 left) and the recovery check (appendix A.3)."""
+    W_a, W_b = toy_params.W[0], toy_params.W[1]
+    shared = analysis.shared_features(W_a, W_b)
+    return {
+        "feature_norms": {
+            f"seed_{s}": analysis.feature_norms(toy_params.W[i]) for i, s in enumerate(cfg.seeds)
+        },
+        "n_represented": {
+            f"seed_{s}": int(analysis.n_represented(toy_params.W[i]))
+            for i, s in enumerate(cfg.seeds)
+        },
+        "shared_features": np.flatnonzero(np.asarray(shared)),
+        "arrangement_best_match": analysis.arrangement_best_match(W_a, W_b, shared),
+        "recovery": {
+            "neurons": analysis.feature_recovery(acts["features"], acts["neurons"][0]),
+            "sae": analysis.feature_recovery(acts["features"], acts["sae"][0]),
+        },
+    }
+
+
+def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=True) -> dict:
+    """Everything for one size; the result is cached in ``out/sizes/N<n>.json``."""
+    cached = out / "sizes" / f"N{n_hidden}.json"
+    if cached.exists() and not save_activations:
+        return _io.read_json(cached)
+    t0 = time.perf_counter()
+    toy_params = train_toy_models(cfg, n_hidden, out, progress)
+    sae_params = train_saes(cfg, n_hidden, toy_params, out, progress)
+    acts = heldout(cfg, n_hidden, toy_params, sae_params, progress)
+    if save_activations:
+        for name in ("neurons", "sae", "randsae"):
+            for i, seed in enumerate(cfg.seeds):
+                _io.save_npy(
+                    out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy", acts[name][i]
+                )
+    result = {**alignment(cfg, acts, progress), **analyse(cfg, toy_params, acts)}
+    result["wall_seconds"] = time.perf_counter() - t0
+    _io.write_json(cached, result)
+    return _io.read_json(cached)
+
+
+def _check_out(cfg, out: Path) -> None:
+    """A run directory belongs to one config: refuse to resume a different one."""
+    path = out / "config.json"
+    wanted = _io.read_json(_io.write_json(out / ".config.json", dataclasses.asdict(cfg)))
+    if path.exists() and _io.read_json(path) != wanted:
+        raise ValueError(
+            f"--out {out} holds a run with another config ({path}); use a new --out directory"
+        )
+    (out / ".config.json").replace(path)
+
+
+def run(cfg, out, *, save_activations=False, progress=True) -> dict:
+    """Run (or resume) the whole experiment; write results.json and the figures."""
+    out = Path(out)
+    for n in cfg.sizes:  # validate every setting before any work
+        toy_config(cfg, n), sae_config(cfg, n)
+    _check_out(cfg, out)
+    t0 = time.perf_counter()
+    sizes = {}
+    for n in cfg.sizes:
+        sizes[str(n)] = run_size(cfg, n, out, save_activations, progress)
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "versions": _io.versions(),
+        "devices": [str(d) for d in jax.devices()],
+        "sizes": sizes,
+    }
+    _io.write_json(out / "results.json", results)
+    from experiments import toy_figures
+
+    toy_figures.save_all(results, out / "figures")
+    results["wall_seconds"] = time.perf_counter() - t0
+    return results
+
+
+def summary_table(results: dict) -> str:
+    cols = ("neuron_neuron", "sae_sae", "randsae_sae", "sae_neuron", "randsae_neuron")
+    lines = ["| N | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for n, res in results["sizes"].items():
+        for metric in ("soft_matching", "semi_matching", "ridge"):
+            cells = []
+            for c in cols:
+                r = res[metric].get(c)
+                cells.append(f"{r['mean']:.3f} ± {r['sem']:.4f}" if r else "")
+            lines.append(f"| {n} | {metric} | " + " | ".join(cells) + " |")
+    for n, res in results["sizes"].items():
+        rec = res["recovery"]
+        below = np.mean(np.asarray(res["arrangement_best_match"]) < 0.5)
+        lines.append(
+            f"\nN={n}: shared features {len(res['shared_features'])}, neurons with best "
+            f"arrangement match < 0.5: {below:.0%}, "
+            f"recovery mean neurons {np.mean(rec['neurons']):.3f} vs SAE {np.mean(rec['sae']):.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.toy_models",
+        description=__doc__.split("\n")[0],
+        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.sizes='(16, 32)'.",
+    )
+    ap.add_argument("--quick", action="store_true", help="the quick preset (about a minute)")
+    ap.add_argument("--out", default="runs/toy_models", help="output directory")
+    ap.add_argument(
+        "--save-activations", action="store_true", help="write held-out activations (.npy)"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args, overrides = ap.parse_known_args(argv)
+    cfg = configs.quick() if args.quick else configs.get_config()
+    try:
+        cfg = _io.apply_overrides(cfg, overrides)
+    except ValueError as err:
+        ap.error(str(err))
+    results = run(
+        cfg, args.out, save_activations=args.save_activations, progress=not args.no_progress
+    )
+    print(summary_table(results))
+    print(
+        f"\nresults: {Path(args.out) / 'results.json'}; figures: {Path(args.out) / 'figures'}; "
+        f"wall time {results['wall_seconds']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

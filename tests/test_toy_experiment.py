@@ -1,0 +1,124 @@
+"""The toy experiment end to end on a tiny config, including a SIGKILL and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import _io, toy_models
+from experiments.configs import toy_models as configs
+
+TINY = [
+    "--config.n_features=16",
+    "--config.sizes=(4,)",
+    "--config.batch_size=64",
+    "--config.sae_latents=16",
+    "--config.sae_k=3",
+    "--config.n_folds=3",
+    "--no-progress",
+]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(out, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.toy_models", "--out", str(out), *TINY, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def _scores(results):
+    res = results["sizes"]["4"]
+    return {
+        (metric, cond): res[metric][cond]["folds"]
+        for metric in ("soft_matching", "semi_matching", "ridge")
+        for cond in res[metric]
+    }
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    steps = ["--config.n_steps=400", "--config.segment_steps=10"]
+    whole = tmp_path / "whole"
+    proc = _run(whole, *steps)
+    assert "soft_matching" in proc.stdout  # the summary table
+    results = json.loads((whole / "results.json").read_text())
+
+    # Layout and content of results.json.
+    assert results["config"]["sizes"] == [4] and results["config"]["n_steps"] == 400
+    assert "jax" in results["versions"]
+    res = results["sizes"]["4"]
+    for metric, conds in (
+        ("soft_matching", toy_models.MATCHING),
+        ("semi_matching", toy_models.MATCHING),
+        ("ridge", toy_models.RIDGE),
+    ):
+        for cond in conds:
+            r = res[metric][cond]
+            assert len(r["folds"]) == 3
+            assert r["mean"] == pytest.approx(np.mean(r["folds"]))
+            assert r["sem"] == pytest.approx(np.std(r["folds"], ddof=1) / np.sqrt(3))
+    assert len(res["arrangement_best_match"]) == 4
+    assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == 16
+    for name in (
+        "figure2_superposition_softmatching",
+        "figure4_top_ridge",
+        "figure6_recovery",
+        "figure7_top_semimatching",
+    ):
+        for ext in ("png", "pdf"):
+            assert (whole / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+    # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "experiments.toy_models", "--out", str(killed), *TINY, *steps]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sae_ckpt = killed / "checkpoints" / "sae_N4"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    _run(killed, *steps)
+    resumed = json.loads((killed / "results.json").read_text())
+    assert _scores(resumed) == _scores(results)
+
+    # A finished stage is reused: a third call recomputes nothing and gives the same file.
+    before = (killed / "sizes" / "N4.json").stat().st_mtime_ns
+    _run(killed, *steps)
+    assert (killed / "sizes" / "N4.json").stat().st_mtime_ns == before
+
+
+def test_another_config_in_the_same_directory_is_refused(tmp_path):
+    cfg = configs.quick()
+    _io.write_json(tmp_path / "config.json", {"n_steps": 3})
+    with pytest.raises(ValueError, match="another config"):
+        toy_models.run(cfg, tmp_path)
+
+
+def test_overrides_are_typed():
+    cfg = _io.apply_overrides(configs.get_config(), ["--config.sizes=(16,)", "--config.lr=1e-2"])
+    assert cfg.sizes == (16,) and cfg.lr == 0.01
+    with pytest.raises(ValueError, match="unknown config field"):
+        _io.apply_overrides(cfg, ["--config.nope=1"])
+    with pytest.raises(ValueError, match="must be a int"):
+        _io.apply_overrides(cfg, ["--config.n_steps=abc"])
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    cfg = _io.apply_overrides(configs.get_config(), ["--config.sae_k=100"])
+    with pytest.raises(ValueError, match="k must be in 1..n_latents"):
+        toy_models.run(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
