@@ -217,23 +217,39 @@ def analyse(cfg, toy_params, acts: dict) -> dict:
     }
 
 
+class _Stages:
+    """Runs named stages, logging each one's wall time to stderr."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.seconds = prefix, {}
+
+    def __call__(self, name, fn, *args):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.seconds[name] = time.perf_counter() - t0
+        print(f"{self.prefix} {name}: {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
+        return out
+
+
 def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=True) -> dict:
     """Everything for one size; the result is cached in ``out/sizes/N<n>.json``."""
     cached = out / "sizes" / f"N{n_hidden}.json"
     if cached.exists() and not save_activations:
         return _io.read_json(cached)
     t0 = time.perf_counter()
-    toy_params = train_toy_models(cfg, n_hidden, out, progress)
-    sae_params = train_saes(cfg, n_hidden, toy_params, out, progress)
-    acts = heldout(cfg, n_hidden, toy_params, sae_params, progress)
+    stage = _Stages(f"N={n_hidden}")
+    toy_params = stage("toy models", train_toy_models, cfg, n_hidden, out, progress)
+    sae_params = stage("SAEs", train_saes, cfg, n_hidden, toy_params, out, progress)
+    acts = stage("held-out activations", heldout, cfg, n_hidden, toy_params, sae_params, progress)
     if save_activations:
         for name in ("neurons", "sae", "randsae"):
             for i, seed in enumerate(cfg.seeds):
-                _io.save_npy(
-                    out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy", acts[name][i]
-                )
-    result = {**alignment(cfg, acts, progress), **analyse(cfg, toy_params, acts)}
+                path = out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy"
+                _io.save_npy(path, acts[name][i])
+    scores = stage("alignment", alignment, cfg, acts, progress)
+    result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0
+    result["stage_seconds"] = stage.seconds
     _io.write_json(cached, result)
     return _io.read_json(cached)
 
