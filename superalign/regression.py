@@ -165,7 +165,6 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     """
     alphas = check_alphas(alphas)
     p = _folds.prepare(X, Y, n_folds, seed)
-    m = p.X.shape[0]
     tests = p.folds.parts
     trains = [
         np.sort(np.concatenate([t for j, t in enumerate(tests) if j != k]))
@@ -173,7 +172,6 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     ]
     train_idx, train_mask = _padded(trains, _round_up(max(len(t) for t in trains)))
     test_idx, test_mask = _padded(tests, _round_up(max(len(t) for t in tests)))
-    del m
     scores, best, loo, r = _ridge_folds(
         p.X,
         p.Y,
