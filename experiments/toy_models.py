@@ -137,33 +137,93 @@ def train_saes(cfg, n_hidden, toy_params, out: Path, progress=True):
     return state.params
 
 
+class _RecoveryMoments:
+    """Streamed correlations between ground-truth features and units (appendix A.3).
+
+    Each chunk's centred moments come from one jitted call (float32, centred within the chunk);
+    chunks are pooled on the host in float64 (Chan et al.), so the held-out features are never
+    stored.
+    """
+
+    def __init__(self):
+        self.n, self.parts = 0, None
+        self._moments = jax.jit(self._chunk)
+
+    @staticmethod
+    def _chunk(z, units):
+        mz, mu = z.mean(0), units.mean(0)
+        zc, uc = z - mz, units - mu
+        return mz, mu, (zc * zc).sum(0), (uc * uc).sum(0), zc.T @ uc
+
+    def add(self, z, units) -> None:
+        n_b = z.shape[0]
+        mz_b, mu_b, szz_b, suu_b, szu_b = (
+            np.asarray(a, np.float64) for a in self._moments(z, units)
+        )
+        if self.parts is None:
+            self.n, self.parts = n_b, [mz_b, mu_b, szz_b, suu_b, szu_b]
+            return
+        mz, mu, szz, suu, szu = self.parts
+        n = self.n + n_b
+        dz, du = mz_b - mz, mu_b - mu
+        f = self.n * n_b / n
+        self.parts = [
+            mz + dz * n_b / n,
+            mu + du * n_b / n,
+            szz + szz_b + f * dz**2,
+            suu + suu_b + f * du**2,
+            szu + szu_b + f * np.outer(dz, du),
+        ]
+        self.n = n
+
+    def best_correlations(self) -> np.ndarray:
+        """``[F]`` best correlation of every feature with any unit (0 for constant columns)."""
+        _, _, szz, suu, szu = self.parts
+        denom = np.sqrt(np.outer(szz, suu))
+        corr = np.divide(szu, denom, out=np.zeros_like(szu), where=denom > 0)
+        return corr.max(axis=1)
+
+
 def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
-    """Held-out features, neurons, SAE latents and random-SAE latents (host arrays)."""
+    """Held-out activations and the feature-recovery check, in one streamed pass.
+
+    Returns:
+      ``neurons [S, M, N]`` and ``sae [S, M, L]`` for every seed, ``randsae [M, L]`` (the
+      untrained control SAE of the first seed, the only one the conditions use), and
+      ``recovery`` (``neurons`` and ``sae`` of the first seed, ``[F]`` each). ``M`` is the
+      number of held-out rows.
+    """
     tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
     _, held = features.split_steps(tcfg.data)
-    rand_params = jax.vmap(lambda k: sae.init(scfg, k))(_seed_keys(cfg.seeds, cfg.random_sae_seed))
-
-    out = {"features": [], "neurons": [], "sae": [], "randsae": []}
+    rand_params = sae.init(scfg, _seed_keys(cfg.seeds[:1], cfg.random_sae_seed)[0])
+    n_seeds, n_rows = len(cfg.seeds), len(held) * cfg.batch_size
+    out = {
+        "neurons": np.empty((n_seeds, n_rows, n_hidden), np.float32),
+        "sae": np.empty((n_seeds, n_rows, cfg.sae_latents), np.float32),
+        "randsae": np.empty((n_rows, cfg.sae_latents), np.float32),
+    }
+    recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
     fns = {}
     encode = jax.jit(jax.vmap(lambda p, h: sae.encode(scfg, p, h)[0]))
+    encode_rand = jax.jit(lambda h: sae.encode(scfg, rand_params, h)[0])
     rows = jax.jit(lambda s, n: features.batches(tcfg.data, s + jnp.arange(n)), static_argnums=1)
-    for s, n in tqdm(
-        list(_segments(held.start, held.stop, cfg.segment_steps)),
-        desc=f"N={n_hidden} held-out activations",
-        disable=not progress,
-        leave=False,
-    ):
+    segments = list(_segments(held.start, held.stop, cfg.segment_steps))
+    desc = f"N={n_hidden} held-out activations"
+    for s, n in tqdm(segments, desc=desc, disable=not progress, leave=False):
         if n not in fns:
             fns[n] = _activation_fn(tcfg, n)
         h = fns[n](toy_params, s)
-        out["features"].append(np.asarray(rows(s, n)).reshape(-1, cfg.n_features))
-        out["neurons"].append(np.asarray(h))
-        out["sae"].append(np.asarray(encode(sae_params, h)))
-        out["randsae"].append(np.asarray(encode(rand_params, h)))
-    return {
-        "features": np.concatenate(out["features"], axis=0),
-        **{k: np.concatenate(out[k], axis=1) for k in ("neurons", "sae", "randsae")},
-    }
+        latents = encode(sae_params, h)
+        z = rows(s, n).reshape(-1, cfg.n_features)
+        recovery["neurons"].add(z, h[0])
+        recovery["sae"].add(z, latents[0])
+        lo = (s - held.start) * cfg.batch_size
+        hi = lo + n * cfg.batch_size
+        out["neurons"][:, lo:hi] = np.asarray(h)
+        out["sae"][:, lo:hi] = np.asarray(latents)
+        out["randsae"][lo:hi] = np.asarray(encode_rand(h[0]))
+    out["recovery"] = {k: v.best_correlations() for k, v in recovery.items()}
+    return out
 
 
 def _score(result) -> dict:
@@ -178,7 +238,7 @@ def _score(result) -> dict:
 def alignment(cfg, acts: dict, progress=True) -> dict:
     """Every alignment score of one size on its held-out activations (seed 0 -> seed 1)."""
     a, b = 0, 1
-    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": acts["randsae"]}
+    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": acts["randsae"][None]}
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
     jobs = []
     for cond in MATCHING:
@@ -210,10 +270,7 @@ def analyse(cfg, toy_params, acts: dict) -> dict:
         },
         "shared_features": np.flatnonzero(np.asarray(shared)),
         "arrangement_best_match": analysis.arrangement_best_match(W_a, W_b, shared),
-        "recovery": {
-            "neurons": analysis.feature_recovery(acts["features"], acts["neurons"][0]),
-            "sae": analysis.feature_recovery(acts["features"], acts["sae"][0]),
-        },
+        "recovery": acts["recovery"],
     }
 
 
@@ -242,10 +299,12 @@ def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=Tru
     sae_params = stage("SAEs", train_saes, cfg, n_hidden, toy_params, out, progress)
     acts = stage("held-out activations", heldout, cfg, n_hidden, toy_params, sae_params, progress)
     if save_activations:
-        for name in ("neurons", "sae", "randsae"):
+        for name in ("neurons", "sae"):
             for i, seed in enumerate(cfg.seeds):
                 path = out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy"
                 _io.save_npy(path, acts[name][i])
+        path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
+        _io.save_npy(path, acts["randsae"])
     scores = stage("alignment", alignment, cfg, acts, progress)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import superalign
 from experiments import _io, toy_models
 from experiments.configs import toy_models as configs
 
@@ -122,3 +123,15 @@ def test_bad_config_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="k must be in 1..n_latents"):
         toy_models.run(cfg, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_streamed_recovery_equals_full_arrays():
+    rng = np.random.default_rng(0)
+    z = (rng.random((3000, 6)) < 0.2) * rng.random((3000, 6))
+    units = np.maximum(z @ rng.normal(size=(6, 4)) + 0.1 * rng.normal(size=(3000, 4)), 0)
+    units[:, 3] = 0.0  # a dead unit correlates 0
+    moments = toy_models._RecoveryMoments()
+    for lo in range(0, 3000, 700):
+        moments.add(z[lo : lo + 700].astype(np.float32), units[lo : lo + 700].astype(np.float32))
+    expected = superalign.feature_recovery(z, units)
+    np.testing.assert_allclose(moments.best_correlations(), expected, rtol=1e-4, atol=1e-5)
