@@ -137,18 +137,11 @@ def make_run(
       batch_fn: ``step -> [B, F]`` features; default :func:`superalign.features.batch` of the
         config's dataset. Benchmarks pass a pre-generated buffer here.
     """
-    spec = config.data
-    batch_fn = batch_fn or (lambda step: feats.batch(spec, step))
-    opt = optimizer(config)
-    weights = feats.importance(config.n_features)
-    grad_fn = jax.value_and_grad(loss)
+    batch_fn = _default_batches(config, batch_fn)
+    update = _make_update(config)
 
     def step_fn(state: ToyState, step):
-        z = batch_fn(step)
-        value, grads = grad_fn(state.params, z, weights, config.output_relu)
-        updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return ToyState(params, opt_state), value
+        return update(state, batch_fn(step))
 
     def run(state: ToyState, start, n: int):
         steps = start + jnp.arange(n)
@@ -156,6 +149,66 @@ def make_run(
         return state, ToyMetrics(loss=losses)
 
     return run
+
+
+def _default_batches(config: ToyConfig, batch_fn):
+    spec = config.data
+    return batch_fn or (lambda step: feats.batch(spec, step))
+
+
+def _make_update(config: ToyConfig):
+    """One AdamW step of one seed on a batch ``z [B, F]``: ``(state, z) -> (state, loss)``."""
+    opt = optimizer(config)
+    weights = feats.importance(config.n_features)
+    grad_fn = jax.value_and_grad(loss)
+
+    def update(state: ToyState, z):
+        value, grads = grad_fn(state.params, z, weights, config.output_relu)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return ToyState(params, opt_state), value
+
+    return update
+
+
+def make_train_seeds(
+    config: ToyConfig,
+    batch_fn: Callable[[jax.Array], jax.Array] | None = None,
+    group_size: int = 8,
+) -> Callable[[jax.Array], tuple[ToyParams, ToyMetrics]]:
+    """Build ``train(keys) -> (params, metrics)`` for many seeds, in vmapped groups per step.
+
+    Equal to ``jax.vmap(make_train(config))(keys)``, but each step draws its batch once and then
+    updates the seeds ``group_size`` at a time (``lax.map`` over vmapped groups), which keeps a
+    step's working set in the CPU's cache when there are many seeds (see benchmarks/train.py).
+    The number of seeds must be a multiple of ``group_size`` (or smaller than it).
+    """
+    group_size = _checks.positive_int("group_size", group_size)
+    batch_fn = _default_batches(config, batch_fn)
+    update = jax.vmap(_make_update(config), in_axes=(0, None))
+
+    def train(keys: jax.Array):
+        n_seeds = keys.shape[0]
+        group = min(group_size, n_seeds)
+        if n_seeds % group:
+            raise ValueError(
+                f"the number of seeds ({n_seeds}) must be a multiple of group_size={group}"
+            )
+
+        def grouped(tree):
+            return jax.tree.map(lambda x: x.reshape(n_seeds // group, group, *x.shape[1:]), tree)
+
+        state = grouped(jax.vmap(lambda k: init_state(config, k))(keys))
+
+        def step_fn(state, step):
+            z = batch_fn(step)
+            return jax.lax.map(lambda st: update(st, z), state)
+
+        state, losses = jax.lax.scan(step_fn, state, jnp.arange(config.n_steps))
+        params = jax.tree.map(lambda x: x.reshape(n_seeds, *x.shape[2:]), state.params)
+        return params, ToyMetrics(loss=jnp.moveaxis(losses, 0, -1).reshape(n_seeds, -1))
+
+    return train
 
 
 def make_train(

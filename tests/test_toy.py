@@ -35,6 +35,17 @@ def test_vmapped_seeds_equal_separate_runs_and_do_not_recompile():
     assert not np.allclose(again.W, params.W)
 
 
+def test_grouped_seeds_equal_vmapped_seeds():
+    cfg = toy.ToyConfig(n_features=16, n_hidden=4, batch_size=64, n_steps=30)
+    keys = jax.random.split(jax.random.key(1), 8)
+    params, metrics = jax.jit(jax.vmap(toy.make_train(cfg)))(keys)
+    grouped, grouped_metrics = jax.jit(toy.make_train_seeds(cfg, group_size=4))(keys)
+    np.testing.assert_allclose(grouped.W, params.W, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grouped_metrics.loss, metrics.loss, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        toy.make_train_seeds(cfg, group_size=3)(keys)
+
+
 def test_segments_equal_one_run():
     """Checkpoint segments (run in pieces) reproduce the single scan exactly."""
     cfg = toy.ToyConfig(n_features=16, n_hidden=4, batch_size=64, n_steps=40)
