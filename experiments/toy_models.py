@@ -369,6 +369,93 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def findings(results: dict) -> list[tuple[str, bool, str]]:
+    """The paper's six toy findings (REFERENCE.md), each as ``(claim, holds, numbers)``."""
+    sizes = results["sizes"]
+
+    def m(n, metric, cond):
+        return sizes[n][metric][cond]["mean"]
+
+    out = []
+    below = {
+        n: float(np.mean(np.asarray(r["arrangement_best_match"]) < 0.5)) for n, r in sizes.items()
+    }
+    out.append(
+        (
+            "1. seeds arrange shared features differently (most neurons' best match < 0.5)",
+            all(v > 0.5 for v in below.values()),
+            ", ".join(f"N={n}: {v:.0%} of neurons" for n, v in below.items()),
+        )
+    )
+    soft = {
+        n: (m(n, "soft_matching", "neuron_neuron"), m(n, "soft_matching", "sae_sae")) for n in sizes
+    }
+    expect = {n: (int(n) >= 16) for n in sizes}
+    out.append(
+        (
+            "2. soft-matching SAE->SAE > Neuron->Neuron for N >= 16, lower for N = 8",
+            all((ss > nn) == expect[n] for n, (nn, ss) in soft.items()),
+            ", ".join(f"N={n}: {nn:.3f} -> {ss:.3f}" for n, (nn, ss) in soft.items()),
+        )
+    )
+    rand = {
+        n: (m(n, "soft_matching", "randsae_sae"), m(n, "soft_matching", "sae_sae")) for n in sizes
+    }
+    out.append(
+        (
+            "3. soft-matching RandSAE->SAE < SAE->SAE",
+            all(r < ss for r, ss in rand.values()),
+            ", ".join(f"N={n}: {r:.3f} vs {ss:.3f}" for n, (r, ss) in rand.items()),
+        )
+    )
+    rec = {
+        n: (float(np.mean(r["recovery"]["neurons"])), float(np.mean(r["recovery"]["sae"])))
+        for n, r in sizes.items()
+    }
+    out.append(
+        (
+            "4. SAE latents recover the features better than neurons (mean best correlation)",
+            all(sa > ne for ne, sa in rec.values()),
+            ", ".join(f"N={n}: {ne:.3f} vs {sa:.3f}" for n, (ne, sa) in rec.items()),
+        )
+    )
+    ridge = {
+        n: (m(n, "ridge", "neuron_neuron"), m(n, "ridge", "sae_neuron"), m(n, "ridge", "sae_sae"))
+        for n in sizes
+    }
+    largest = max(sizes, key=int)
+    out.append(
+        (
+            "5. ridge SAE->Neuron > Neuron->Neuron; SAE->SAE < Neuron->Neuron but at the largest N",
+            all(sn > nn and ((s2 > nn) == (n == largest)) for n, (nn, sn, s2) in ridge.items()),
+            ", ".join(
+                f"N={n}: NN {nn:.3f}, SAE->N {sn:.3f}, SAE->SAE {s2:.3f}"
+                for n, (nn, sn, s2) in ridge.items()
+            ),
+        )
+    )
+    signs = {
+        n: all(
+            np.sign(m(n, "semi_matching", c) - m(n, "semi_matching", "neuron_neuron"))
+            == np.sign(m(n, "soft_matching", c) - m(n, "soft_matching", "neuron_neuron"))
+            for c in ("sae_sae", "randsae_sae")
+        )
+        for n in sizes
+    }
+    out.append(
+        (
+            "6. semi-matching agrees with soft-matching (same sign of every change)",
+            all(signs.values()),
+            ", ".join(
+                f"N={n}: semi {m(n, 'semi_matching', 'neuron_neuron'):.3f} -> "
+                f"{m(n, 'semi_matching', 'sae_sae'):.3f}"
+                for n in sizes
+            ),
+        )
+    )
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(
@@ -392,6 +479,9 @@ def main(argv=None) -> int:
         cfg, args.out, save_activations=args.save_activations, progress=not args.no_progress
     )
     print(summary_table(results))
+    print("\nThe paper's toy findings (REFERENCE.md):")
+    for claim, holds, numbers in findings(results):
+        print(f"  [{'yes' if holds else 'NO '}] {claim}: {numbers}")
     print(
         f"\nresults: {Path(args.out) / 'results.json'}; figures: {Path(args.out) / 'figures'}; "
         f"wall time {results['wall_seconds']:.0f} s"
