@@ -300,7 +300,13 @@ def exact_plan(train: np.ndarray) -> np.ndarray:
         plan = np.zeros((na, nb))
         plan[rows, cols] = 1.0 / na
         return plan
-    import ot
+    try:
+        import ot
+    except ImportError as err:  # POT is an optional dependency (extra "exact")
+        raise ImportError(
+            "soft_matching(solver='exact') with unequal sizes needs POT: "
+            "pip install 'superalign[exact]' (or pip install POT)"
+        ) from err
 
     return ot.emd(np.full(na, 1.0 / na), np.full(nb, 1.0 / nb), 1.0 - train, numItermax=10**9)
 
