@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_regression import _sklearn_loop
 
 import superalign
 from experiments import _io, toy_models
@@ -49,7 +50,7 @@ def _scores(results):
 def test_killed_run_resumes_to_identical_results(tmp_path):
     steps = ["--config.n_steps=400", "--config.segment_steps=10"]
     whole = tmp_path / "whole"
-    proc = _run(whole, *steps)
+    proc = _run(whole, *steps, "--save-activations")
     assert "soft_matching" in proc.stdout  # the summary table
     results = json.loads((whole / "results.json").read_text())
 
@@ -77,6 +78,26 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     ):
         for ext in ("png", "pdf"):
             assert (whole / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+    # The scores agree with the exact LP and a plain scikit-learn RidgeCV loop on the activations.
+    acts = whole / "activations"
+    for cond, (src, tgt) in {
+        "neuron_neuron": ("neurons", "neurons"),
+        "sae_sae": ("sae", "sae"),
+    }.items():
+        X, Y = np.load(acts / f"N4_{src}_seed0.npy"), np.load(acts / f"N4_{tgt}_seed1.npy")
+        exact = superalign.soft_matching(X, Y, n_folds=3, solver="exact")
+        np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
+    for cond, (src, tgt) in {
+        "neuron_neuron": ("neurons", "neurons"),
+        "sae_neuron": ("sae", "neurons"),
+    }.items():
+        r = res["ridge"][cond]
+        X = np.delete(np.load(acts / f"N4_{src}_seed0.npy"), r["dead_x"], axis=1)
+        Y = np.delete(np.load(acts / f"N4_{tgt}_seed1.npy"), r["dead_y"], axis=1)
+        chosen, scores = _sklearn_loop(X, Y, 10.0 ** np.arange(-8, 9), n_folds=3)
+        np.testing.assert_array_equal(r["alpha"], chosen)
+        np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
     # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
     killed = tmp_path / "killed"
