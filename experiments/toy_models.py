@@ -203,18 +203,17 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
         "randsae": np.empty((n_rows, cfg.sae_latents), np.float32),
     }
     recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
-    fns = {}
     encode = jax.jit(jax.vmap(lambda p, h: sae.encode(scfg, p, h)[0]))
     encode_rand = jax.jit(lambda h: sae.encode(scfg, rand_params, h)[0])
     rows = jax.jit(lambda s, n: features.batches(tcfg.data, s + jnp.arange(n)), static_argnums=1)
+    # The features are drawn once per segment and shared by the neurons and the recovery check.
+    neurons = jax.jit(jax.vmap(toy.hidden, in_axes=(0, None)))
     segments = list(_segments(held.start, held.stop, cfg.segment_steps))
     desc = f"N={n_hidden} held-out activations"
     for s, n in tqdm(segments, desc=desc, disable=not progress, leave=False):
-        if n not in fns:
-            fns[n] = _activation_fn(tcfg, n)
-        h = fns[n](toy_params, s)
-        latents = encode(sae_params, h)
         z = rows(s, n).reshape(-1, cfg.n_features)
+        h = neurons(toy_params, z)
+        latents = encode(sae_params, h)
         recovery["neurons"].add(z, h[0])
         recovery["sae"].add(z, latents[0])
         lo = (s - held.start) * cfg.batch_size
