@@ -50,18 +50,24 @@ def shared_features(W_a: jax.Array, W_b: jax.Array, threshold: float = 1.0) -> j
     return feature_norms(W_a) * feature_norms(W_b) >= threshold
 
 
+def _centred_unit(A: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    """Columns of ``A [M, p]`` centred and scaled to unit norm over ``rows`` (``[M]`` mask, or
+    all rows); other rows become 0, and a constant column becomes 0 (never NaN)."""
+    if rows is None:
+        C = A - A.mean(axis=0)
+    else:
+        w = rows.astype(A.dtype)[:, None]
+        C = (A - (A * w).sum(0) / jnp.maximum(w.sum(), 1)) * w
+    norm = jnp.linalg.norm(C, axis=0)
+    return jnp.where(norm > 0, C / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
 def _column_corr(A: jax.Array, B: jax.Array) -> jax.Array:
     """Pearson correlations between the columns of ``A [M, p]`` and ``B [M, q]``: ``[p, q]``.
 
     A constant column correlates 0 with everything (never NaN).
     """
-    A = A - A.mean(axis=0)
-    B = B - B.mean(axis=0)
-    na = jnp.linalg.norm(A, axis=0)
-    nb = jnp.linalg.norm(B, axis=0)
-    A = jnp.where(na > 0, A / jnp.where(na > 0, na, 1.0), 0.0)
-    B = jnp.where(nb > 0, B / jnp.where(nb > 0, nb, 1.0), 0.0)
-    return A.T @ B
+    return _centred_unit(A).T @ _centred_unit(B)
 
 
 def arrangement_best_match(W_a: jax.Array, W_b: jax.Array, shared: jax.Array) -> jax.Array:
@@ -78,18 +84,9 @@ def arrangement_best_match(W_a: jax.Array, W_b: jax.Array, shared: jax.Array) ->
     Returns:
       ``[N_a]`` best correlations (0 for a neuron with no variation over the shared features).
     """
+    # Correlation over the shared rows only, as a masked computation (keeps shapes static).
     shared = jnp.asarray(shared, bool)
-    weights = shared.astype(W_a.dtype)[:, None]
-    n = jnp.maximum(shared.sum(), 1)
-
-    # Correlation over the shared rows only, as a weighted computation (keeps shapes static).
-    def centred_unit(W):
-        mean = (W * weights).sum(0) / n
-        C = (W - mean) * weights
-        norm = jnp.linalg.norm(C, axis=0)
-        return jnp.where(norm > 0, C / jnp.where(norm > 0, norm, 1.0), 0.0)
-
-    return (centred_unit(W_a).T @ centred_unit(W_b)).max(axis=1)
+    return (_centred_unit(W_a, shared).T @ _centred_unit(W_b, shared)).max(axis=1)
 
 
 def feature_recovery(features: jax.Array, units: jax.Array) -> jax.Array:
