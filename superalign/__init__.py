@@ -7,7 +7,7 @@ representations reveals hidden alignment". Library functions are pure; experimen
 
 __version__ = "0.1.0"
 
-from superalign import analysis, features, sae, toy
+from superalign import analysis, brain, features, recovery, sae, theory, toy
 from superalign.analysis import (
     arrangement_best_match,
     feature_norms,
@@ -18,6 +18,7 @@ from superalign.analysis import (
 )
 from superalign.features import DataSpec, importance
 from superalign.matching import permutation_score, semi_matching, soft_matching
+from superalign.recovery import lasso, omp
 from superalign.regression import ridge_regression
 from superalign.sae import SAEConfig, SAEParams, dnn_config, toy_config
 from superalign.toy import ToyConfig, ToyParams

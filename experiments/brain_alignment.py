@@ -1,0 +1,530 @@
+"""DNN->brain alignment on NSD: paper section 6 (figure 5) and appendix A.6 (figure 8).
+
+    python -m experiments.brain_alignment --config synthetic            # miniature NSD, CPU minutes
+    python -m experiments.brain_alignment --config nsd \\
+        --config.nsd_root=/data/nsd \\
+        --config.activation_files="('resnet50_layer4.2_nsd.npz', 'vit_b16_block11_nsd.npz')" \\
+        --config.sae_train_files="('resnet50_imagenet.npz', 'vit_b16_imagenet.npz')"
+
+For every DNN: a TopK SAE (``sae.dnn_config``) trained on the DNN's activations and an untrained
+SAE of the same shape (the RandSAE control); their latents and the DNN's units for every NSD image.
+For every subject: its ventral-stream voxels (``superalign.brain.nsd.load_subject``: z-scored
+per session, 3 repetitions averaged, NSD's noise ceiling), then 5-fold ridge
+(``superalign.ridge_regression``) for Neuron->Voxel, SAE->Voxel, RandSAE->Voxel and a scrambled
+control (Neuron->Voxel with the image order shuffled, which must score about 0), each divided by
+the subject's mean noise ceiling (as a fraction, NC / 100, as in the paper).
+
+Activation files (``--config.activation_files``, one per DNN; the DNN pipeline writes them):
+``.npz`` with ``image_ids`` [n] int64, the NSD 73k-ids of the images, **0-based** (the row of
+``imgBrick`` in ``nsd_stimuli.hdf5``; the design file's 1-based ids minus 1), and
+``activations`` [n, units] float32 (ResNet50 layer4.2: the centre spatial position, clamped at
+0; ViT-B/16 block 11: the CLS token). An optional scalar ``image_id_base`` (0 or 1) declares
+1-based ids. The file must hold every image of every subject analysed. The SAE trains on
+``--config.sae_train_files`` (same format; ``image_ids`` may be absent), e.g. ImageNet
+activations as in the paper, or on the NSD file itself when that is "".
+
+Memory: every ridge call is one jitted computation; results.json records, for the SAE->Voxel
+call (the widest source), the peak that XLA plans for it (arguments + temporaries, from
+``compile().memory_analysis()`` on the device in use). For the issue's size, 10,000 images x
+16,384 SAE latents -> 9,000 voxels in 5 folds, the plan is 0.95 GiB of arguments and 7.06 GiB of
+temporaries (8.0 GiB; planned on the CPU backend, jax 0.10.2): the largest buffer is the
+leave-one-out's [rank, alphas x voxels] product (8,192 x 17 x 9,000 float32 = 5.0 GiB). It fits
+one 80 GB GPU with room to spare.
+
+Outputs in ``--out``: ``config.json``, ``results.json`` (config, versions, per subject the noise
+ceiling summary and every score with folds, mean, sem, alpha, normalised values), ``table.md``
+(percentage changes), ``figures/`` (figure 5 and figure 8 panels, noise ceilings; PNG and PDF),
+``sae/`` (trained SAE parameters), ``subjects/`` (per-subject scores, reused on a rerun) and the
+per-subject NSD cache. A directory belongs to one config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import re
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import superalign
+from experiments import _io
+from experiments.configs import brain as configs
+from superalign import regression, sae
+from superalign.brain import nsd
+
+CONDITIONS = ("neuron_voxel", "sae_voxel", "randsae_voxel", "scrambled_voxel")
+PER_DNN = ("activation_files", "sae_train_files", "sae_expansion", "sae_k")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def check_config(cfg: configs.BrainConfig) -> None:
+    """Refuse a config that cannot run, before any work."""
+    n = len(cfg.dnns)
+    if n == 0:
+        raise ValueError("dnns must name at least one DNN")
+    for field in PER_DNN[2:] if cfg.synthetic else PER_DNN:  # synthetic: files are written
+        if len(getattr(cfg, field)) != n:
+            raise ValueError(
+                f"{field} must have one entry per DNN ({n}: {cfg.dnns}), got {getattr(cfg, field)}"
+            )
+    if len(cfg.sae_param_files) not in (0, n):
+        raise ValueError(
+            f"sae_param_files must be () or have one entry per DNN ({n}: {cfg.dnns}), got "
+            f"{cfg.sae_param_files}"
+        )
+    if not cfg.subjects:
+        raise ValueError("subjects must name at least one NSD subject")
+    for s in cfg.subjects:
+        if s not in nsd.SESSIONS:
+            raise ValueError(f"subjects must be NSD subjects 1..8, got {cfg.subjects}")
+    if cfg.n_sessions < 0:
+        raise ValueError(f"n_sessions must be >= 0 (0: all), got {cfg.n_sessions}")
+    if not cfg.synthetic:
+        if not cfg.nsd_root:
+            raise ValueError(
+                "nsd_root must be set to the NSD download (the folder holding nsddata, "
+                "nsddata_betas, nsddata_stimuli): --config.nsd_root=/path/to/nsd"
+            )
+        missing = [d for d, f in zip(cfg.dnns, cfg.activation_files, strict=True) if not f]
+        if missing:
+            raise ValueError(
+                f"activation_files must give an .npz per DNN; none for {missing} "
+                "(--config.activation_files=\"('a.npz', 'b.npz')\")"
+            )
+    for i in range(n):  # the SAE settings, at a width where any k <= expansion x width fits
+        sae_config(cfg, i, max(1, cfg.sae_k[i]))
+
+
+def sae_config(cfg, i: int, n_inputs: int) -> sae.SAEConfig:
+    return sae.dnn_config(
+        n_inputs,
+        expansion=cfg.sae_expansion[i],
+        k=cfg.sae_k[i],
+        n_epochs=cfg.sae_epochs,
+        batch_size=cfg.sae_batch_size,
+    )
+
+
+def read_activations(path, *, need_ids: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(image_ids [n] 0-based int64 or None, activations [n, units] float32)`` of an .npz file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            2, f"activation file not found; expected the file {path}", str(path)
+        )
+    with np.load(path) as f:
+        keys = sorted(f.files)
+        if "activations" not in f or (need_ids and "image_ids" not in f):
+            raise ValueError(
+                f"{path} must hold 'activations' [n, units]"
+                + (" and 'image_ids' [n] (0-based NSD 73k-ids)" if need_ids else "")
+                + f"; it holds {keys}"
+            )
+        x = np.asarray(f["activations"], np.float32)
+        ids = np.asarray(f["image_ids"]) if "image_ids" in f else None
+        base = int(f["image_id_base"]) if "image_id_base" in f else 0
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{path}: activations must be [n >= 2, units >= 1], got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: activations contain NaN or Inf")
+    if ids is not None:
+        if base not in (0, 1):
+            raise ValueError(f"{path}: image_id_base must be 0 or 1, got {base}")
+        if ids.shape != (x.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"{path}: image_ids must be [{x.shape[0]}] integers (one per row of activations),"
+                f" got {ids.dtype} {ids.shape}"
+            )
+        ids = ids.astype(np.int64) - base
+        if ids.min() < 0 or ids.max() >= 73_000 or np.unique(ids).size != ids.size:
+            raise ValueError(
+                f"{path}: image_ids must be distinct {base}-based NSD 73k-ids, got values in "
+                f"[{ids.min() + base}, {ids.max() + base}] ({ids.size - np.unique(ids).size} "
+                "repeated)"
+            )
+    return ids, x
+
+
+def rows_for(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """Row of every ``wanted`` image id in ``ids``; refuse if some are missing."""
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids, wanted, sorter=order)
+    pos = np.minimum(pos, ids.size - 1)
+    found = ids[order[pos]] == wanted
+    if not found.all():
+        lost = wanted[~found]
+        raise ValueError(
+            f"{what} lacks {lost.size} of the {wanted.size} images needed (0-based 73k-ids, "
+            f"e.g. {lost[:5].tolist()}); it must hold every image of the subjects analysed"
+        )
+    return order[pos]
+
+
+def train_sae(cfg, i: int, x: np.ndarray, out: Path, progress=True) -> sae.SAEParams:
+    """The DNN's SAE on ``x`` [n, units]; parameters cached in ``out/sae``."""
+    scfg = sae_config(cfg, i, x.shape[1])
+    given = cfg.sae_param_files[i] if cfg.sae_param_files else ""
+    path = Path(given) if given else out / "sae" / f"{_slug(cfg.dnns[i])}.npz"
+    if given or path.is_file():
+        return read_sae_params(path, scfg)
+    sae.check_activations(scfg, x)
+    step = max(scfg.batch_size, cfg.sae_chunk_rows // scfg.batch_size * scfg.batch_size)
+    starts = list(range(0, x.shape[0], step))
+    if len(starts) > 1 and x.shape[0] - starts[-1] < scfg.batch_size:
+        starts.pop()  # a last chunk shorter than a batch joins the one before
+    bounds = list(zip(starts, [*starts[1:], x.shape[0]], strict=True))
+
+    def chunks():
+        for lo, hi in bounds:
+            yield jnp.asarray(x[lo:hi])
+
+    total = cfg.sae_epochs * len(bounds)
+    with tqdm(total=total, desc=f"SAE {cfg.dnns[i]}", disable=not progress, leave=False) as bar:
+        params, metrics = sae.train_on_stream(
+            scfg,
+            jax.random.key(cfg.sae_seed),
+            chunks,
+            callback=lambda *_: bar.update(1),
+        )
+    _io._atomic(path, lambda f: np.savez(f, **params._asdict()))
+    _io.write_json(
+        out / "sae" / f"{_slug(cfg.dnns[i])}_metrics.json",
+        {"mse_last_epoch": float(np.mean(np.asarray(metrics.mse)[-len(bounds) :]))},
+    )
+    return params
+
+
+def read_sae_params(path, scfg: sae.SAEConfig) -> sae.SAEParams:
+    """SAE parameters from an .npz of W_enc [units, latents], b_enc, W_dec, b_dec."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, f"SAE parameters not found; expected the file {path}", str(path))
+    want = jax.eval_shape(lambda: sae.init(scfg, jax.random.key(0)))
+    with np.load(path) as f:
+        params = {}
+        for name in sae.SAEParams._fields:
+            shape = getattr(want, name).shape
+            if name not in f or f[name].shape != shape:
+                got = f[name].shape if name in f else "missing"
+                raise ValueError(
+                    f"{path}: {name} must have shape {shape} (SAE {scfg.n_inputs} -> "
+                    f"{scfg.n_latents}), got {got}"
+                )
+            params[name] = jnp.asarray(f[name], jnp.float32)
+    return sae.SAEParams(**params)
+
+
+def encode(scfg: sae.SAEConfig, params: sae.SAEParams, x: np.ndarray, rows: int) -> np.ndarray:
+    """SAE latents [n, n_latents] of ``x`` [n, units], in jitted blocks of ``rows``."""
+    fn = jax.jit(lambda p, b: sae.encode(scfg, p, b)[0])
+    out = np.empty((x.shape[0], scfg.n_latents), np.float32)
+    pad = -x.shape[0] % rows if x.shape[0] > rows else 0
+    xp = np.concatenate([x, np.zeros((pad, x.shape[1]), x.dtype)]) if pad else x
+    block = min(rows, xp.shape[0])
+    for lo in range(0, x.shape[0], block):  # one compile: every block has the same shape
+        hi = min(lo + block, x.shape[0])
+        out[lo:hi] = np.asarray(fn(params, jnp.asarray(xp[lo : lo + block])))[: hi - lo]
+    return out
+
+
+def dnn_sources(cfg, files: list[str], train_files: list[str], out: Path, progress=True) -> dict:
+    """Per DNN: image ids and the Neuron, SAE and RandSAE matrices of every NSD image."""
+    sources = {}
+    for i, name in enumerate(cfg.dnns):
+        ids, x = read_activations(files[i])
+        train = train_files[i]
+        x_train = read_activations(train, need_ids=False)[1] if train else x
+        if x_train.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"{name}: the SAE train file has {x_train.shape[1]} units but the NSD file "
+                f"{x.shape[1]}"
+            )
+        scfg = sae_config(cfg, i, x.shape[1])
+        params = train_sae(cfg, i, x_train, out, progress)
+        rand = sae.init(scfg, jax.random.key(cfg.random_sae_seed))
+        sources[name] = {
+            "image_ids": ids,
+            "neuron": x,
+            "sae": encode(scfg, params, x, cfg.encode_rows),
+            "randsae": encode(scfg, rand, x, cfg.encode_rows),
+            "n_latents": scfg.n_latents,
+        }
+    return sources
+
+
+@functools.cache
+def ridge_plan_gib(n_images: int, n_features: int, n_voxels: int, n_folds: int) -> dict:
+    """Memory XLA plans for one ``ridge_regression`` call of this size (compiled, not run)."""
+    m = n_images
+    sizes = np.full(n_folds, m // n_folds)
+    sizes[: m % n_folds] += 1
+    ltr = regression._round_up(int(m - sizes.min()))
+    lte = regression._round_up(int(sizes.max()))
+    s = jax.ShapeDtypeStruct
+    args = (
+        s((m, n_features), jnp.float32),
+        s((m, n_voxels), jnp.float32),
+        s((n_features,), jnp.int32),
+        s((n_voxels,), jnp.int32),
+        s((n_folds, ltr), jnp.int32),
+        s((n_folds, ltr), jnp.bool_),
+        s((n_folds, lte), jnp.int32),
+        s((n_folds, lte), jnp.bool_),
+        s((len(regression.DEFAULT_ALPHAS),), jnp.float32),
+    )
+    plan = regression._ridge_folds.lower(*args).compile().memory_analysis()
+    if plan is None:
+        return {}
+    gib = 2.0**30
+    return {
+        "arguments_gib": plan.argument_size_in_bytes / gib,
+        "temporaries_gib": plan.temp_size_in_bytes / gib,
+        "peak_gib": (plan.argument_size_in_bytes + plan.temp_size_in_bytes) / gib,
+        "backend": jax.default_backend(),
+    }
+
+
+def _score(result, nc_fraction: float) -> dict:
+    return {
+        "folds": result.folds,
+        "mean": result.mean,
+        "sem": result.sem,
+        "normalized_folds": result.folds / nc_fraction,
+        "normalized_mean": result.mean / nc_fraction,
+        "normalized_sem": result.sem / nc_fraction,
+        "alpha": result.alpha,
+        "n_dead_x": len(result.dead_x),
+        "n_dead_y": len(result.dead_y),
+    }
+
+
+def subject_scores(cfg, data: nsd.SubjectData, sources: dict, progress=True) -> dict:
+    """Every ridge score of one subject."""
+    nc = np.asarray(data.noise_ceiling, np.float64)
+    nc_fraction = float(nc.mean() / 100.0)
+    if not nc_fraction > 0:
+        raise ValueError(f"subject {data.meta['subject']}: mean noise ceiling is {nc.mean()}")
+    Y = data.responses
+    out = {
+        "n_images": int(Y.shape[0]),
+        "n_voxels": int(Y.shape[1]),
+        "noise_ceiling": {
+            "mean": float(nc.mean()),
+            "median": float(np.median(nc)),
+            "histogram": np.histogram(nc, bins=20, range=(0, 100))[0],
+        },
+        "meta": data.meta,
+        "dnns": {},
+    }
+    conds = CONDITIONS if cfg.scrambled_control else CONDITIONS[:3]
+    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
+    jobs = [(name, cond) for name in sources for cond in conds]
+    scramble = np.random.default_rng(cfg.scramble_seed).permutation(Y.shape[0])
+    for name, cond in tqdm(
+        jobs, desc=f"subject {data.meta['subject']} ridge", disable=not progress, leave=False
+    ):
+        src = sources[name]
+        rows = rows_for(src["image_ids"], data.image_ids, f"the activation file of {name}")
+        key = {"neuron_voxel": "neuron", "scrambled_voxel": "neuron"}.get(cond, cond.split("_")[0])
+        X = src[key][rows]
+        if cond == "scrambled_voxel":
+            X = X[scramble]
+        record = _score(superalign.ridge_regression(X, Y, **kw), nc_fraction)
+        if cond == "sae_voxel":  # the widest source: the call that sets the peak
+            record["memory_plan"] = ridge_plan_gib(X.shape[0], X.shape[1], Y.shape[1], cfg.n_folds)
+        out["dnns"].setdefault(name, {})[cond] = record
+    return out
+
+
+def changes(results: dict) -> list[dict]:
+    """Change (%) of SAE->Voxel and RandSAE->Voxel over Neuron->Voxel, per subject and DNN."""
+    rows = []
+    for subject, res in results["subjects"].items():
+        for name, scores in res["dnns"].items():
+            base = scores["neuron_voxel"]["normalized_mean"]
+            row = {"subject": subject, "dnn": name}
+            for cond in CONDITIONS:
+                if cond in scores:
+                    row[cond] = scores[cond]["normalized_mean"]
+            for cond in ("sae_voxel", "randsae_voxel"):
+                row[f"{cond}_change_percent"] = (
+                    100.0 * (scores[cond]["normalized_mean"] - base) / base
+                )
+            rows.append(row)
+    return rows
+
+
+def table(results: dict) -> str:
+    """Markdown table of normalised scores and percentage changes."""
+    has_scr = any("scrambled_voxel" in r for r in changes(results))
+    head = "| subject | DNN | Neuron→Voxel | SAE→Voxel | RandSAE→Voxel |"
+    head += " Scrambled→Voxel |" if has_scr else ""
+    head += " SAE vs Neuron | RandSAE vs Neuron |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in changes(results):
+        cells = [f"{r['neuron_voxel']:.3f}", f"{r['sae_voxel']:.3f}", f"{r['randsae_voxel']:.3f}"]
+        if has_scr:
+            cells.append(f"{r['scrambled_voxel']:.3f}")
+        cells += [
+            f"{r['sae_voxel_change_percent']:+.1f}%",
+            f"{r['randsae_voxel_change_percent']:+.1f}%",
+        ]
+        lines.append(f"| {r['subject']} | {r['dnn']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_out(cfg, out: Path) -> None:
+    """A run directory belongs to one config: refuse to resume a different one."""
+    path = out / "config.json"
+    wanted = _io.read_json(_io.write_json(out / ".config.json", dataclasses.asdict(cfg)))
+    if path.exists() and _io.read_json(path) != wanted:
+        (out / ".config.json").unlink()
+        raise ValueError(
+            f"--out {out} holds a run with another config ({path}); use a new --out directory"
+        )
+    (out / ".config.json").replace(path)
+
+
+def synthetic_data(cfg, out: Path) -> tuple[Path, list[str], list[str]]:
+    """Write (once) the miniature NSD of the synthetic config; its root and activation files."""
+    from experiments import _nsd_synthetic
+
+    root = out / "synthetic_nsd"
+    spec = _nsd_synthetic.SyntheticSpec(
+        subjects=tuple(cfg.subjects),
+        n_sessions=cfg.synthetic_sessions,
+        shape=tuple(cfg.synthetic_shape),
+        n_features=cfg.synthetic_features,
+        feature_prob=cfg.synthetic_feature_prob,
+        mixed_neurons=cfg.synthetic_mixed_neurons,
+        n_train_rows=cfg.synthetic_train_rows,
+        seed=cfg.synthetic_seed,
+    )
+    done = root / ".complete"
+    if not done.exists():
+        _nsd_synthetic.build(root, spec)
+        done.touch()
+    files = _nsd_synthetic.activation_files(root)
+    return (
+        root,
+        [str(files[name]) for name in cfg.dnns],
+        [str(files[f"{name}_train"]) for name in cfg.dnns],
+    )
+
+
+def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
+    """Run (or resume) the experiment; write results.json, table.md and the figures."""
+    out = Path(out)
+    check_config(cfg)
+    if cfg.synthetic and set(cfg.dnns) - {"features", "mixed"}:
+        raise ValueError(
+            f"the synthetic config's dnns must be 'features' and/or 'mixed', got {cfg.dnns}"
+        )
+    _check_out(cfg, out)
+    t0 = time.perf_counter()
+    if cfg.synthetic:
+        root, files, train_files = synthetic_data(cfg, out)
+    else:
+        root, files, train_files = (
+            Path(cfg.nsd_root),
+            list(cfg.activation_files),
+            list(cfg.sae_train_files),
+        )
+    n_sessions = cfg.n_sessions or None
+    if cfg.synthetic and not cfg.n_sessions:
+        n_sessions = cfg.synthetic_sessions
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+
+    # Every input file first, so a bad download fails before hours of reading and training.
+    for s in cfg.subjects:
+        nsd.check_files(root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
+    for path in [*files, *(f for f in train_files if f)]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(2, f"activation file not found; expected the file {path}", path)
+    subjects = {}
+    for s in cfg.subjects:
+        with tqdm(desc=f"subject {s} sessions", disable=not progress, leave=False) as bar:
+
+            def tick(done, total, bar=bar):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            subjects[s] = nsd.load_subject(
+                root,
+                s,
+                atlas=cfg.roi_atlas,
+                label=cfg.roi_label,
+                n_sessions=n_sessions,
+                require_all_repetitions=cfg.require_all_repetitions,
+                cache_dir=cache,
+                progress=tick,
+            )
+    sources = None
+    per_subject = {}
+    for s, data in subjects.items():
+        cached = out / "subjects" / f"subj{s:02d}.json"
+        if cached.exists():
+            per_subject[str(s)] = _io.read_json(cached)
+            continue
+        if sources is None:
+            sources = dnn_sources(cfg, files, train_files, out, progress)
+        _io.write_json(cached, subject_scores(cfg, data, sources, progress))
+        per_subject[str(s)] = _io.read_json(cached)
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "versions": _io.versions(),
+        "devices": [str(d) for d in jax.devices()],
+        "nsd_root": str(root),
+        "activation_files": files,
+        "sae_train_files": [f or files[i] for i, f in enumerate(train_files)],
+        "subjects": per_subject,
+    }
+    results["changes"] = changes(results)
+    _io.write_json(out / "results.json", results)
+    text = table(results) + "\n"
+    _io._atomic(out / "table.md", lambda f: f.write(text.encode()))
+    from experiments import brain_figures
+
+    brain_figures.save_all(results, out / "figures")
+    results["wall_seconds"] = time.perf_counter() - t0
+    return results
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.brain_alignment",
+        description=__doc__.split("\n")[0],
+        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.subjects='(1,)'.",
+    )
+    ap.add_argument("--config", default="nsd", choices=sorted(configs.CONFIGS), help="preset")
+    ap.add_argument("--out", default=None, help="output directory (default runs/brain_<config>)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args, overrides = ap.parse_known_args(argv)
+    try:
+        cfg = _io.apply_overrides(configs.get_config(args.config), overrides)
+        check_config(cfg)
+    except ValueError as err:
+        ap.error(str(err))
+    out = Path(args.out or f"runs/brain_{args.config}")
+    results = run(cfg, out, progress=not args.no_progress)
+    print(table(results))
+    print(
+        f"\nresults: {out / 'results.json'}; figures: {out / 'figures'}; "
+        f"wall time {results['wall_seconds']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

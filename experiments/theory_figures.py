@@ -1,0 +1,206 @@
+"""Figures of the section-3 theory experiment, drawn from ``results.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import _io  # noqa: E402
+
+COLORS = {
+    "permutation": "#c44e52",
+    "soft": "#4c72b0",
+    "semi": "#55a868",
+    "ridge": "#dd8452",
+    "ridge_reverse": "#8172b2",
+}
+LABELS = {
+    "permutation": "permutation",
+    "soft": "soft-matching",
+    "semi": "semi-matching",
+    "ridge": "ridge a→b",
+    "ridge_reverse": "ridge b→a",
+}
+
+
+def _clean(ax):
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def levels_figure(results):
+    """Setting 1: every metric against n, with the closed forms."""
+    lev = results["levels"]
+    ns = np.array([int(n) for n in lev])
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    grid = np.linspace(1, ns.max(), 200)
+    ax.plot(grid, 1 / np.sqrt(grid), color="k", lw=1, label="1/√n")
+    ax.plot(
+        ns,
+        [lev[str(n)]["closed_form"]["ridge_reverse"] for n in ns],
+        "k--",
+        lw=1,
+        label="√(rank(A_b)/F)",
+    )
+    for j, m in enumerate(("permutation", "soft", "semi", "ridge", "ridge_reverse")):
+        means = [lev[str(n)]["measured"][m]["mean"] for n in ns]
+        ax.plot(ns + (j - 2) * 0.06, means, "o", ms=4, color=COLORS[m], label=LABELS[m])
+    ax.set_xlabel("features mixed per unit of system b (n)")
+    ax.set_ylabel("score (A_a = I)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("1. different sparsity levels")
+    _clean(ax)
+    return fig
+
+
+def patterns_figure(results):
+    """Setting 2: G for pairs vs shifted pairs, and the scores against the overlap."""
+    pat = results["patterns"]
+    f = results["config"]["n_features"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    # G = A_a^T A_b for g = 2, s = 1 (first 8 units), from the construction itself.
+    g = 2
+    n_show = min(8, f // g)
+    feats = np.arange(f)
+    a = np.stack([(feats // g == k) for k in range(f // g)], 1) / np.sqrt(g)
+    b = np.stack([((feats - 1) % f // g == k) for k in range(f // g)], 1) / np.sqrt(g)
+    G = (a.T @ b)[:n_show, :n_show]
+    im = ax0.imshow(G, cmap="Greys", vmin=0, vmax=1)
+    ax0.set_title("G = A_aᵀA_b: pairs vs shifted pairs")
+    ax0.set_xlabel("unit of b: (2,3), (4,5), …")
+    ax0.set_ylabel("unit of a: (1,2), (3,4), …")
+    fig.colorbar(im, ax=ax0, shrink=0.8)
+    o = np.linspace(0, 1, 201)
+    ax1.plot(o, np.maximum(o, 1 - o), color="k", lw=1, label="max(o, 1−o)")
+    ax1.plot(o, np.sqrt(o**2 + (1 - o) ** 2), "k--", lw=1, label="√(o² + (1−o)²)")
+    markers = {2: "o", 4: "s", 8: "^"}
+    for r in pat.values():
+        mk = markers.get(r["group"], "D")
+        for m in ("permutation", "ridge"):
+            ax1.plot(
+                r["overlap"],
+                r["measured"][m]["mean"],
+                mk,
+                ms=5,
+                color=COLORS[m],
+                mfc="none" if m == "ridge" else COLORS[m],
+            )
+    for grp, mk in markers.items():
+        if any(r["group"] == grp for r in pat.values()):
+            ax1.plot([], [], mk, color="grey", label=f"g = {grp}")
+    ax1.plot([], [], "s", color=COLORS["permutation"], label="permutation (measured)")
+    ax1.plot([], [], "s", color=COLORS["ridge"], mfc="none", label="ridge (measured)")
+    ax1.set_xlabel("overlap o = (g − s)/g of a unit with its best partner's support")
+    ax1.set_ylabel("score")
+    ax1.set_ylim(0.4, 1.05)
+    ax1.legend(frameon=False, fontsize=8)
+    ax1.set_title("2. different sparsity patterns")
+    _clean(ax1)
+    return fig
+
+
+def recovery_figure(results):
+    """Setting 3: units vs recovered latents, and the (K, N) sweep."""
+    rec, sw = results["recovery"], results["sweep"]
+    ks, ns = np.array(sw["ks"]), np.array(sw["units"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    ax = axes[0]
+    names = {
+        "units": "units\nY_a vs Y_b",
+        "recovered": "recovered\nẐ_a vs Ẑ_b",
+        "recovered_to_units": "recovered → units\nẐ_a vs Y_b",
+    }
+    x = np.arange(len(names))
+    for j, m in enumerate(("permutation", "soft", "semi", "ridge")):
+        vals = [rec[k]["measured"][m]["mean"] for k in names]
+        pops = [rec[k]["population"][m] for k in names]
+        ax.bar(x + (j - 1.5) * 0.2, vals, 0.2, color=COLORS[m], label=LABELS[m])
+        ax.plot(x + (j - 1.5) * 0.2, pops, "k_", ms=10)
+    ax.set_xticks(x, list(names.values()), fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score (bars: measured, ticks: population)")
+    ax.set_title(f"3. K = {rec['k']}, N = {rec['n_units']}, F = {results['config']['n_features']}")
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    _clean(ax)
+    for ax, key, title in (
+        (axes[1], "recovered_permutation", "Score_perm(Ẑ_a, Ẑ_b)"),
+        (axes[2], "exact_fraction_a", "rows recovered exactly (system a)"),
+    ):
+        im = ax.imshow(
+            np.asarray(sw[key]), origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto"
+        )
+        ax.set_xticks(np.arange(len(ns)), ns)
+        ax.set_yticks(np.arange(len(ks)), ks)
+        ax.set_xlabel("units N")
+        ax.set_ylabel("sparsity K")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        # Where the rule of thumb N = 2 K ln F sits, in grid coordinates.
+        bound = np.interp(sw["omp_guarantee_units"], ns, np.arange(len(ns)), right=np.nan)
+        ax.plot(bound, np.arange(len(ks)), "w--", lw=1, label="N = 2 K ln F")
+        ax.legend(frameon=False, fontsize=7, labelcolor="w", loc="upper left")
+    return fig
+
+
+def sweep_units_figure(results):
+    """Score_perm of the units against N next to the recovered latents' at each K."""
+    sw = results["sweep"]
+    ns = np.array(sw["units"])
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    for i, k in enumerate(sw["ks"]):
+        ax.plot(
+            ns,
+            sw["recovered_permutation"][i],
+            "-o",
+            ms=3,
+            color=cmap(i / max(1, len(sw["ks"]) - 1)),
+            label=f"Ẑ, K = {k}",
+        )
+    ax.plot(ns, sw["units_permutation_population"], "-s", color="k", ms=4, label="units Y")
+    ax.set_xlabel("units N")
+    ax.set_ylabel("Score_perm")
+    ax.set_ylim(0, 1.05)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    _clean(ax)
+    return fig
+
+
+def table_figure(results):
+    """Setting 4: every metric on every setting (bars measured, ticks population)."""
+    rows = results["table"]
+    metrics = ("permutation", "soft", "semi", "ridge", "ridge_reverse")
+    fig, ax = plt.subplots(figsize=(11, 4.2), constrained_layout=True)
+    x = np.arange(len(rows))
+    w = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        off = x + (j - (len(metrics) - 1) / 2) * w
+        ax.bar(off, [r["measured"][m] for r in rows], w, color=COLORS[m], label=LABELS[m])
+        ax.plot(off, [r["population"][m] for r in rows], "k_", ms=8)
+    ax.set_xticks(x, [r["setting"].replace(" vs ", "\nvs ") for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score")
+    ax.legend(frameon=False, fontsize=8, ncol=5, loc="upper center")
+    _clean(ax)
+    return fig
+
+
+def save_all(results, directory) -> list[Path]:
+    directory = Path(directory)
+    figures = {
+        "theory1_sparsity_levels": levels_figure(results),
+        "theory2_sparsity_patterns": patterns_figure(results),
+        "theory3_recovery": recovery_figure(results),
+        "theory3_sweep_units": sweep_units_figure(results),
+        "theory4_metrics_table": table_figure(results),
+    }
+    paths = []
+    for name, fig in figures.items():
+        paths += _io.save_figure(fig, directory / name)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,170 @@
+"""The DNN->brain experiment end to end on a miniature NSD, and its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+import superalign
+from experiments import _io, brain_alignment
+from experiments.configs import brain as configs
+from superalign.brain import nsd
+
+TINY = [
+    "--config.subjects=(1, 2)",
+    "--config.dnns=('mixed',)",
+    "--config.sae_expansion=(4,)",
+    "--config.sae_k=(4,)",
+    "--config.synthetic_shape=(10, 12, 9)",
+    "--config.synthetic_train_rows=2000",
+    "--config.sae_epochs=3",
+    "--config.n_folds=3",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("brain") / "run"
+    assert brain_alignment.main(["--config", "synthetic", "--out", str(out), *TINY]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_synthetic_run_writes_scores_table_and_figures(synthetic_run):
+    out, results = synthetic_run
+    assert results["config"]["name"] == "synthetic" and "jax" in results["versions"]
+    assert list(results["subjects"]) == ["1", "2"]
+    root = out / "synthetic_nsd"
+    for s, res in results["subjects"].items():
+        data = nsd.load_subject(root, int(s), n_sessions=3, cache_dir=out / "cache")
+        assert res["n_images"] == 750 and res["n_voxels"] == data.responses.shape[1]
+        nc = float(np.mean(data.noise_ceiling))
+        assert res["noise_ceiling"]["mean"] == pytest.approx(nc, rel=1e-6)
+        scores = res["dnns"]["mixed"]
+        assert set(scores) == set(brain_alignment.CONDITIONS)
+        for r in scores.values():
+            assert len(r["folds"]) == 3
+            assert r["mean"] == pytest.approx(np.mean(r["folds"]))
+            assert r["normalized_mean"] == pytest.approx(r["mean"] / (nc / 100), rel=1e-6)
+        assert scores["sae_voxel"]["memory_plan"]["peak_gib"] > 0
+        # Shuffling the images destroys the prediction.
+        assert abs(scores["scrambled_voxel"]["mean"]) < 0.06
+        assert scores["neuron_voxel"]["mean"] > 0.3
+    for name in ("figure5_brain_ridge", "figure8_brain_ridge_other_subjects", "noise_ceilings"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    table = (out / "table.md").read_text()
+    assert table.count("\n") == 2 + 2 and "SAE vs Neuron" in table
+    change = results["changes"][0]
+    expected = 100 * (change["sae_voxel"] - change["neuron_voxel"]) / change["neuron_voxel"]
+    assert change["sae_voxel_change_percent"] == pytest.approx(expected)
+
+
+def test_scores_equal_a_direct_ridge_on_the_files(synthetic_run):
+    # The image-id bookkeeping: the activation file's rows for the subject's images, in order.
+    out, results = synthetic_run
+    data = nsd.load_subject(out / "synthetic_nsd", 2, n_sessions=3, cache_dir=out / "cache")
+    with np.load(out / "synthetic_nsd" / "activations" / "mixed.npz") as f:
+        ids, acts = f["image_ids"], f["activations"]
+    X = acts[[int(np.flatnonzero(ids == i)[0]) for i in data.image_ids]]
+    direct = superalign.ridge_regression(X, data.responses, n_folds=3)
+    got = results["subjects"]["2"]["dnns"]["mixed"]["neuron_voxel"]
+    np.testing.assert_allclose(got["folds"], direct.folds, atol=1e-6)
+
+
+def test_sae_parameters_are_read_back_and_checked(synthetic_run, tmp_path):
+    out, _ = synthetic_run
+    cfg = _io.apply_overrides(configs.get_config("synthetic"), TINY[1:4])
+    scfg = brain_alignment.sae_config(cfg, 0, 16)
+    params = brain_alignment.read_sae_params(out / "sae" / "mixed.npz", scfg)
+    assert params.W_enc.shape == (16, 64) and params.W_dec.shape == (64, 16)
+    with pytest.raises(ValueError, match=r"W_enc must have shape \(32, 128\)"):
+        brain_alignment.read_sae_params(
+            out / "sae" / "mixed.npz", brain_alignment.sae_config(cfg, 0, 32)
+        )
+    with pytest.raises(FileNotFoundError, match="SAE parameters not found"):
+        brain_alignment.read_sae_params(tmp_path / "none.npz", scfg)
+
+
+def test_a_rerun_reuses_every_stage(synthetic_run):
+    out, results = synthetic_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()}
+    assert brain_alignment.main(["--config", "synthetic", "--out", str(out), *TINY]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()} == stamps
+    again = json.loads((out / "results.json").read_text())
+    assert again["subjects"] == results["subjects"]
+
+
+def test_nsd_config_on_a_tree_in_the_release_layout(synthetic_run, tmp_path):
+    # The real-data path: --config nsd pointed at a download (here the miniature tree), with the
+    # known generative features as the "DNN": they beat a scrambled control by far.
+    out, _ = synthetic_run
+    root = out / "synthetic_nsd"
+    args = [
+        "--config",
+        "nsd",
+        "--out",
+        str(tmp_path / "nsd_run"),
+        f"--config.nsd_root={root}",
+        "--config.subjects=(1,)",
+        "--config.n_sessions=3",
+        "--config.dnns=('features',)",
+        f"--config.activation_files=('{root / 'activations' / 'features.npz'}',)",
+        "--config.sae_train_files=('',)",
+        "--config.sae_expansion=(2,)",
+        "--config.sae_k=(4,)",
+        "--config.sae_epochs=2",
+        "--config.n_folds=3",
+        "--no-progress",
+    ]
+    assert brain_alignment.main(args) == 0
+    results = json.loads((tmp_path / "nsd_run" / "results.json").read_text())
+    scores = results["subjects"]["1"]["dnns"]["features"]
+    assert set(scores) == set(brain_alignment.CONDITIONS)
+    assert results["sae_train_files"] == [str(root / "activations" / "features.npz")]
+    data = nsd.load_subject(root, 1, n_sessions=3)
+    true, scrambled = scores["neuron_voxel"]["mean"], scores["scrambled_voxel"]["mean"]
+    assert abs(scrambled) < 0.06 and true > scrambled + 0.5
+    # The features span the signal: per voxel r ~ sqrt(NC / 100).
+    assert true == pytest.approx(np.mean(np.sqrt(data.noise_ceiling / 100)), abs=0.05)
+
+
+def test_another_config_in_the_same_directory_is_refused(tmp_path):
+    _io.write_json(tmp_path / "config.json", {"name": "other"})
+    with pytest.raises(ValueError, match="another config"):
+        brain_alignment.run(configs.get_config("synthetic"), tmp_path)
+
+
+def test_bad_configs_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="nsd_root must be set"):
+        brain_alignment.check_config(configs.get_config("nsd"))
+    cfg = _io.apply_overrides(
+        configs.get_config("nsd"), ["--config.nsd_root=/data/nsd", "--config.sae_k=(82,)"]
+    )
+    with pytest.raises(ValueError, match=r"sae_k must have one entry per DNN \(2"):
+        brain_alignment.check_config(cfg)
+    cfg = _io.apply_overrides(configs.get_config("synthetic"), ["--config.subjects=(9,)"])
+    with pytest.raises(ValueError, match="NSD subjects 1..8"):
+        brain_alignment.run(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        configs.get_config("nope")
+
+
+def test_activation_files_are_checked(tmp_path):
+    path = tmp_path / "acts.npz"
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        brain_alignment.read_activations(path)
+    np.savez(path, activations=np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"'image_ids' \[n\] \(0-based NSD 73k-ids\)"):
+        brain_alignment.read_activations(path)
+    np.savez(path, image_ids=np.array([1, 5, 73_000]), image_id_base=1, activations=np.eye(3))
+    ids, x = brain_alignment.read_activations(path)  # 1-based ids, declared
+    np.testing.assert_array_equal(ids, [0, 4, 72_999])
+    assert x.dtype == np.float32
+    with pytest.raises(ValueError, match=r"lacks 1 of the 2 images needed .*\[7\]"):
+        brain_alignment.rows_for(ids, np.array([4, 7]), "acts.npz")
+    np.testing.assert_array_equal(brain_alignment.rows_for(ids, np.array([72_999, 0]), "a"), [2, 0])
+    np.savez(path, image_ids=np.array([1, 1, 2]), activations=np.eye(3))
+    with pytest.raises(ValueError, match="distinct 0-based NSD 73k-ids"):
+        brain_alignment.read_activations(path)
