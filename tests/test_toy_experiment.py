@@ -156,3 +156,84 @@ def test_streamed_recovery_equals_full_arrays():
         moments.add(z[lo : lo + 700].astype(np.float32), units[lo : lo + 700].astype(np.float32))
     expected = superalign.feature_recovery(z, units)
     np.testing.assert_allclose(moments.best_correlations(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _check_quick_outputs(out: Path) -> None:
+    """Every output of the quick preset exists, and its scores equal the independent references."""
+    cfg = configs.quick()
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"] == json.loads((out / "config.json").read_text())
+    assert results["config"]["n_steps"] == cfg.n_steps
+    assert {"python", "jax", "ott-jax", "numpy"} <= set(results["versions"])
+    for name in (
+        "figure2_superposition_softmatching",
+        "figure4_top_ridge",
+        "figure6_recovery",
+        "figure7_top_semimatching",
+    ):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    acts = out / "activations"
+    n_rows = round(cfg.n_steps * (1 - cfg.train_fraction)) * cfg.batch_size
+    assert sorted(results["sizes"]) == sorted(str(n) for n in cfg.sizes)
+    for n in cfg.sizes:
+        res = results["sizes"][str(n)]
+        assert (out / "sizes" / f"N{n}.json").exists()
+        for metric, conds in (
+            ("soft_matching", toy_models.MATCHING),
+            ("semi_matching", toy_models.MATCHING),
+            ("ridge", toy_models.RIDGE),
+        ):
+            assert sorted(res[metric]) == sorted(conds)
+            for cond in conds:
+                r = res[metric][cond]
+                assert len(r["folds"]) == cfg.n_folds and np.isfinite(r["folds"]).all()
+                assert r["mean"] == pytest.approx(np.mean(r["folds"]))
+                assert r["sem"] == pytest.approx(np.std(r["folds"], ddof=1) / np.sqrt(cfg.n_folds))
+        shared = res["shared_features"]  # indices of the features both models represent
+        assert 0 < len(shared) <= cfg.n_features and len(set(shared)) == len(shared)
+        assert len(res["arrangement_best_match"]) == n
+        assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == cfg.n_features
+        pops = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
+        shapes = {"neurons": n, "sae": cfg.sae_latents, "randsae": cfg.sae_latents}
+        for pop, width in shapes.items():
+            for seed in (0,) if pop == "randsae" else cfg.seeds:
+                assert np.load(acts / f"N{n}_{pop}_seed{seed}.npy", mmap_mode="r").shape == (
+                    n_rows,
+                    width,
+                )
+
+        def pair(cond, n=n, pops=pops):
+            src, tgt = cond.split("_")
+            return (
+                np.load(acts / f"N{n}_{pops[src]}_seed0.npy"),
+                np.load(acts / f"N{n}_{pops[tgt]}_seed1.npy"),
+            )
+
+        # Soft-matching: every condition against the exact LP on the saved activations.
+        for cond in toy_models.MATCHING:
+            exact = superalign.soft_matching(*pair(cond), solver="exact")
+            np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
+        # Ridge: against a plain scikit-learn RidgeCV loop (the smallest size keeps CI fast).
+        if n == min(cfg.sizes):
+            for cond in toy_models.RIDGE:
+                r = res["ridge"][cond]
+                X, Y = pair(cond)
+                X, Y = np.delete(X, r["dead_x"], axis=1), np.delete(Y, r["dead_y"], axis=1)
+                chosen, scores = _sklearn_loop(X, Y, 10.0 ** np.arange(-8, 9))
+                np.testing.assert_array_equal(r["alpha"], chosen)
+                np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
+
+
+def test_quick_preset_end_to_end(tmp_path):
+    out = tmp_path / "quick"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.toy_models", "--quick", "--out", str(out)]
+        + ["--no-progress", "--save-activations"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Neuron->Neuron" in proc.stdout or "neuron_neuron" in proc.stdout
+    _check_quick_outputs(out)
