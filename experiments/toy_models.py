@@ -188,8 +188,8 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
     """Held-out activations and the feature-recovery check, in one streamed pass.
 
     Returns:
-      ``neurons [S, M, N]`` and ``sae [S, M, L]`` for every seed, ``randsae [M, L]`` (the
-      untrained control SAE of the first seed, the only one the conditions use), and
+      ``neurons`` (S arrays [M, N]) and ``sae`` (S arrays [M, L]), one per seed, ``randsae
+      [M, L]`` (the untrained control SAE of the first seed, the only one the conditions use), and
       ``recovery`` (``neurons`` and ``sae`` of the first seed, ``[F]`` each). ``M`` is the
       number of held-out rows.
     """
@@ -197,9 +197,9 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
     _, held = features.split_steps(tcfg.data)
     rand_params = sae.init(scfg, _seed_keys(cfg.seeds[:1], cfg.random_sae_seed)[0])
     n_seeds, n_rows = len(cfg.seeds), len(held) * cfg.batch_size
-    out = {
-        "neurons": np.empty((n_seeds, n_rows, n_hidden), np.float32),
-        "sae": np.empty((n_seeds, n_rows, cfg.sae_latents), np.float32),
+    out = {  # one array per seed, so that each can be freed on its own
+        "neurons": [np.empty((n_rows, n_hidden), np.float32) for _ in range(n_seeds)],
+        "sae": [np.empty((n_rows, cfg.sae_latents), np.float32) for _ in range(n_seeds)],
         "randsae": np.empty((n_rows, cfg.sae_latents), np.float32),
     }
     recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
@@ -218,8 +218,9 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
         recovery["sae"].add(z, latents[0])
         lo = (s - held.start) * cfg.batch_size
         hi = lo + n * cfg.batch_size
-        out["neurons"][:, lo:hi] = np.asarray(h)
-        out["sae"][:, lo:hi] = np.asarray(latents)
+        for i in range(n_seeds):
+            out["neurons"][i][lo:hi] = np.asarray(h[i])
+            out["sae"][i][lo:hi] = np.asarray(latents[i])
         out["randsae"][lo:hi] = np.asarray(encode_rand(h[0]))
     out["recovery"] = {k: v.best_correlations() for k, v in recovery.items()}
     return out
@@ -237,7 +238,7 @@ def _score(result) -> dict:
 def alignment(cfg, acts: dict, progress=True) -> dict:
     """Every alignment score of one size on its held-out activations (seed 0 -> seed 1)."""
     a, b = 0, 1
-    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": acts["randsae"][None]}
+    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": [acts["randsae"]]}
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
     jobs = []
     for cond in MATCHING:
@@ -304,6 +305,11 @@ def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=Tru
                 _io.save_npy(path, acts[name][i])
         path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
         _io.save_npy(path, acts["randsae"])
+    # One device copy per population and seed, shared by every metric; the host copies go.
+    for name in ("neurons", "sae"):
+        for i in range(len(cfg.seeds)):
+            acts[name][i] = jax.device_put(acts[name][i])
+    acts["randsae"] = jax.device_put(acts["randsae"])
     scores = stage("alignment", alignment, cfg, acts, progress)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0

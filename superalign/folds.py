@@ -168,8 +168,9 @@ def check_pair(X, Y) -> tuple[jax.Array, jax.Array]:
     for name, a in (("X", X), ("Y", Y)):
         if np.shape(a)[1] < 1:
             raise ValueError(f"{name} must have at least one unit (column), got {np.shape(a)}")
-    X = jnp.asarray(X)
-    Y = jnp.asarray(Y)
+    # device_put copies a numpy array once; jnp.asarray would hold a second, temporary copy.
+    X = X if isinstance(X, jax.Array) else jax.device_put(np.asarray(X))
+    Y = Y if isinstance(Y, jax.Array) else jax.device_put(np.asarray(Y))
     dtype = jnp.promote_types(jnp.result_type(X, Y), jnp.float32)
     return X.astype(dtype), Y.astype(dtype)
 
