@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test reproduce theory lint format bench clean
+.PHONY: test reproduce reproduce-dnn theory lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/python -m experiments.toy_models
+
+reproduce-dnn: $(STAMP)
+	$(BIN)/python -m experiments.dnn_alignment --config digits_small
 
 theory: $(STAMP)
 	$(BIN)/python -m experiments.theory
