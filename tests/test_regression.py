@@ -101,3 +101,19 @@ def test_second_call_does_not_recompile():
     before = regression._ridge_folds._cache_size()
     superalign.ridge_regression(X * 2, Y + 1)
     assert regression._ridge_folds._cache_size() == before
+
+
+@pytest.mark.parametrize("kappa_noise", [None, 1e-3, 1e-6])
+def test_thin_svd_of_tall_matrices_as_accurate_as_lapack(kappa_noise):
+    """CholeskyQR2 where it is accurate, LAPACK's SVD where it is not (checked at run time)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20_000, 16))
+    if kappa_noise is not None:  # condition number about 1 / kappa_noise
+        x[:, 1] = x[:, 0] + kappa_noise * rng.standard_normal(len(x))
+    x = x.astype(np.float32)
+    u, s, vt = (np.asarray(a, np.float64) for a in regression._thin_svd(x))
+    s_ref = np.linalg.svd(x.astype(np.float64), compute_uv=False)
+    s_lapack = np.linalg.svd(x, compute_uv=False).astype(np.float64)  # float32 LAPACK
+    assert np.abs(s - s_ref).max() <= 2 * np.abs(s_lapack - s_ref).max() + 1e-6 * s_ref[0]
+    np.testing.assert_allclose(u.T @ u, np.eye(16), atol=1e-5)
+    np.testing.assert_allclose((u * s) @ vt, x, atol=1e-4 * np.abs(x).max())
