@@ -214,9 +214,11 @@ def _check_quick_outputs(out: Path) -> None:
         for cond in toy_models.MATCHING:
             exact = superalign.soft_matching(*pair(cond), solver="exact")
             np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
-        # Ridge: against a plain scikit-learn RidgeCV loop (the smallest size keeps CI fast).
+        # Ridge: against a plain scikit-learn RidgeCV loop. To keep CI fast, only at the smallest
+        # size and for the conditions with neuron targets (float64 leave-one-out over 64 SAE
+        # targets would dominate the suite; SAE->SAE runs the same code path).
         if n == min(cfg.sizes):
-            for cond in toy_models.RIDGE:
+            for cond in ("neuron_neuron", "sae_neuron", "randsae_neuron"):
                 r = res["ridge"][cond]
                 X, Y = pair(cond)
                 X, Y = np.delete(X, r["dead_x"], axis=1), np.delete(Y, r["dead_y"], axis=1)
