@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test reproduce reproduce-dnn theory lint format bench clean
+.PHONY: test reproduce reproduce-dnn theory sweep lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ reproduce: $(STAMP)
 
 reproduce-dnn: $(STAMP)
 	$(BIN)/python -m experiments.dnn_alignment --config digits_small
+
+sweep: $(STAMP)
+	$(BIN)/python -m experiments.seed_sweep
 
 theory: $(STAMP)
 	$(BIN)/python -m experiments.theory

@@ -7,7 +7,18 @@ representations reveals hidden alignment". Library functions are pure; experimen
 
 __version__ = "0.1.0"
 
-from superalign import analysis, brain, datasets, features, models, recovery, sae, theory, toy
+from superalign import (
+    analysis,
+    brain,
+    datasets,
+    features,
+    models,
+    recovery,
+    sae,
+    sharding,
+    theory,
+    toy,
+)
 from superalign.analysis import (
     arrangement_best_match,
     feature_norms,
