@@ -67,6 +67,24 @@ def save_figure(fig, stem) -> list[Path]:
     return paths
 
 
+def check_out(cfg, out: Path) -> None:
+    """A run directory belongs to one config: refuse to resume or overwrite a different one.
+
+    Writes ``out/config.json`` (atomically) for a new directory; raises ``ValueError`` if it
+    already holds another config.
+    """
+    out = Path(out)
+    path = out / "config.json"
+    tmp = out / ".config.json"
+    wanted = read_json(write_json(tmp, dataclasses.asdict(cfg)))
+    if path.exists() and read_json(path) != wanted:
+        tmp.unlink()
+        raise ValueError(
+            f"--out {out} holds a run with another config ({path}); use a new --out directory"
+        )
+    tmp.replace(path)
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "machine": platform.machine()}
     for name in ("superalign", "jax", "jaxlib", "optax", "ott-jax", "orbax-checkpoint", "numpy"):

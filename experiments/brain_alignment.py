@@ -383,18 +383,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_out(cfg, out: Path) -> None:
-    """A run directory belongs to one config: refuse to resume a different one."""
-    path = out / "config.json"
-    wanted = _io.read_json(_io.write_json(out / ".config.json", dataclasses.asdict(cfg)))
-    if path.exists() and _io.read_json(path) != wanted:
-        (out / ".config.json").unlink()
-        raise ValueError(
-            f"--out {out} holds a run with another config ({path}); use a new --out directory"
-        )
-    (out / ".config.json").replace(path)
-
-
 def synthetic_data(cfg, out: Path) -> tuple[Path, list[str], list[str]]:
     """Write (once) the miniature NSD of the synthetic config; its root and activation files."""
     from experiments import _nsd_synthetic
@@ -430,7 +418,7 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
         raise ValueError(
             f"the synthetic config's dnns must be 'features' and/or 'mixed', got {cfg.dnns}"
         )
-    _check_out(cfg, out)
+    _io.check_out(cfg, out)
     t0 = time.perf_counter()
     if cfg.synthetic:
         root, files, train_files = synthetic_data(cfg, out)

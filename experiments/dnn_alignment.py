@@ -268,7 +268,7 @@ def run(cfg, out, *, progress=True) -> dict:
     for m in range(len(cfg.models)):
         for i in range(len(cfg.layers[m])):
             sae_config(cfg, m, i)
-    toy_models._check_out(cfg, out)
+    _io.check_out(cfg, out)
     t0 = time.perf_counter()
     results = {
         "config": dataclasses.asdict(cfg),

@@ -517,7 +517,7 @@ def run(cfg, out, *, mesh=None, progress=True) -> dict:
     out = Path(out)
     mesh = sharding.default_mesh() if mesh is None else mesh
     validate(cfg, mesh)
-    toy_models._check_out(cfg, out)
+    _io.check_out(cfg, out)
     t0 = time.perf_counter()
     sizes = {str(n): run_size(cfg, n, out, mesh, progress) for n in cfg.sizes}
     results = {

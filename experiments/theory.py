@@ -261,23 +261,11 @@ def table(cfg, results) -> list[dict]:
     ]
 
 
-def _check_out(cfg, out: Path) -> None:
-    """A run directory belongs to one config: refuse to overwrite another one's results."""
-    path = out / "config.json"
-    wanted = _io.read_json(_io.write_json(out / ".config.json", dataclasses.asdict(cfg)))
-    if path.exists() and _io.read_json(path) != wanted:
-        (out / ".config.json").unlink()
-        raise ValueError(
-            f"--out {out} holds a run with another config ({path}); use a new --out directory"
-        )
-    (out / ".config.json").replace(path)
-
-
 def run(cfg, out, *, progress=True) -> dict:
     """Run the four parts; write ``results.json`` and the figures into ``out``."""
     validate(cfg)
     out = Path(out)
-    _check_out(cfg, out)
+    _io.check_out(cfg, out)
     t0 = time.perf_counter()
     key = jax.random.key(cfg.seed)
     seconds = {}

@@ -318,23 +318,12 @@ def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=Tru
     return _io.read_json(cached)
 
 
-def _check_out(cfg, out: Path) -> None:
-    """A run directory belongs to one config: refuse to resume a different one."""
-    path = out / "config.json"
-    wanted = _io.read_json(_io.write_json(out / ".config.json", dataclasses.asdict(cfg)))
-    if path.exists() and _io.read_json(path) != wanted:
-        raise ValueError(
-            f"--out {out} holds a run with another config ({path}); use a new --out directory"
-        )
-    (out / ".config.json").replace(path)
-
-
 def run(cfg, out, *, save_activations=False, progress=True) -> dict:
     """Run (or resume) the whole experiment; write results.json and the figures."""
     out = Path(out)
     for n in cfg.sizes:  # validate every setting before any work
         toy_config(cfg, n), sae_config(cfg, n)
-    _check_out(cfg, out)
+    _io.check_out(cfg, out)
     t0 = time.perf_counter()
     sizes = {}
     for n in cfg.sizes:
