@@ -16,6 +16,7 @@ compensation, and the pooling corrections are products of small mean differences
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -47,6 +48,7 @@ class FoldMoments(NamedTuple):
       ss_x: [K, Na] centred sums of squares of X per part.
       ss_y: [K, Nb] centred sums of squares of Y per part.
       cross: [K, Na, Nb] centred cross products X^T Y per part.
+      gram_x: [K, Na, Na] centred cross products X^T X per part, or None when not asked for.
     """
 
     count: jax.Array
@@ -55,6 +57,7 @@ class FoldMoments(NamedTuple):
     ss_x: jax.Array
     ss_y: jax.Array
     cross: jax.Array
+    gram_x: jax.Array | None = None
 
 
 class LiveUnits(NamedTuple):
@@ -239,9 +242,15 @@ def _kahan_add(total, comp, value):
     return t, (t - total) - y
 
 
-@jax.jit
+@partial(jax.jit, static_argnames=("with_gram_x",))
 def fold_moments(
-    X: jax.Array, Y: jax.Array, live_x: jax.Array, live_y: jax.Array, index, mask
+    X: jax.Array,
+    Y: jax.Array,
+    live_x: jax.Array,
+    live_y: jax.Array,
+    index,
+    mask,
+    with_gram_x: bool = False,
 ) -> FoldMoments:
     """Per-part centred moments of the live columns of X and Y, in row blocks.
 
@@ -252,6 +261,7 @@ def fold_moments(
       live_y: [Nb] columns of Y to keep.
       index: [K, n_blocks, B] row indices of every part (``Folds.index``).
       mask: [K, n_blocks, B] real-row mask (``Folds.mask``).
+      with_gram_x: also accumulate X^T X per part (``FoldMoments.gram_x``).
 
     Returns:
       A :class:`FoldMoments` for the kept columns.
@@ -280,30 +290,35 @@ def fold_moments(
         x, y, w = rows(*block)
         x = (x - mx[:, None, :]) * w
         y = (y - my[:, None, :]) * w
-        new = []
-        for (acc, comp), v in zip(
-            carry,
-            (
-                x.sum(1),
-                y.sum(1),
-                (x * x).sum(1),
-                (y * y).sum(1),
-                jnp.einsum("kbi,kbj->kij", x, y, precision=jax.lax.Precision.HIGHEST),
-            ),
-            strict=True,
-        ):
-            new.append(_kahan_add(acc, comp, v))
+        hi = jax.lax.Precision.HIGHEST
+        values = [
+            x.sum(1),
+            y.sum(1),
+            (x * x).sum(1),
+            (y * y).sum(1),
+            jnp.einsum("kbi,kbj->kij", x, y, precision=hi),
+        ]
+        if with_gram_x:
+            values.append(jnp.einsum("kbi,kbj->kij", x, x, precision=hi))
+        new = [_kahan_add(acc, comp, v) for (acc, comp), v in zip(carry, values, strict=True)]
         return tuple(new), None
 
-    zxy = jnp.zeros((k, na, nb), dtype)
-    init = tuple((z, z) for z in (zx, zy, zx, zy, zxy))
+    zeros = [zx, zy, zx, zy, jnp.zeros((k, na, nb), dtype)]
+    if with_gram_x:
+        zeros.append(jnp.zeros((k, na, na), dtype))
+    init = tuple((z, z) for z in zeros)
     acc, _ = jax.lax.scan(moment_step, init, blocks)
-    (dx, _), (dy, _), (qx, _), (qy, _), (qxy, _) = acc
+    (dx, _), (dy, _), (qx, _), (qy, _), (qxy, _) = acc[:5]
     # Second pass of the two-pass mean: remove what the first mean missed.
     ss_x = qx - dx * dx / count[:, None]
     ss_y = qy - dy * dy / count[:, None]
     cross = qxy - dx[:, :, None] * dy[:, None, :] / count[:, None, None]
-    return FoldMoments(count, mx + dx / count[:, None], my + dy / count[:, None], ss_x, ss_y, cross)
+    gram_x = None
+    if with_gram_x:
+        gram_x = acc[5][0] - dx[:, :, None] * dx[:, None, :] / count[:, None, None]
+    return FoldMoments(
+        count, mx + dx / count[:, None], my + dy / count[:, None], ss_x, ss_y, cross, gram_x
+    )
 
 
 def _safe_rsqrt(ss):

@@ -81,6 +81,46 @@ def _standardize(x: jax.Array, mask: jax.Array) -> jax.Array:
     return x * _folds._safe_rsqrt(_sum_rows(x * x))
 
 
+class _LooTerms(NamedTuple):
+    """The alpha-dependent constants of the LOO sums for one fold (see :func:`_loo_errors`)."""
+
+    c0: jax.Array  # [r] c(a0)
+    dc: jax.Array  # [A, r] c(a) - c(a0)
+    c0b: jax.Array  # [r, t] c(a0) * b
+    dcb: jax.Array  # [r, A * t] (c(a) - c(a0)) * b, alphas side by side
+
+
+def _loo_terms(s, b, alphas) -> _LooTerms:
+    """Constants of the LOO sums for singular values ``s`` and ``b = U^T y``."""
+    s2 = s * s
+    a0 = alphas[0]
+    c0 = a0 / (s2 + a0)  # [r]
+    dc = s2[None, :] * (alphas[:, None] - a0) / ((s2[None, :] + alphas[:, None]) * (s2 + a0))
+    n_alpha, t = alphas.shape[0], b.shape[1]
+    dcb = (dc[:, :, None] * b[None]).transpose(1, 0, 2).reshape(b.shape[0], n_alpha * t)
+    return _LooTerms(c0, dc, c0[:, None] * b, dcb)
+
+
+def _loo_block(terms: _LooTerms, ub, yb, lb):
+    """One row block's LOO sums: ``(sum of q0 / e0^2, [A] sum of the change at each alpha)``.
+
+    ``ub`` [B, r] rows of U, ``yb`` [B, t] rows of ``Y_perp``, ``lb`` [B] rows of
+    ``1 - sum_j U_ij^2``. Padding rows (``ub = yb = 0``, ``lb = 1``) add nothing.
+    """
+    n_alpha = terms.dc.shape[0]
+    r0 = yb + ub @ terms.c0b  # [B, t] LOO numerators at a0
+    dr = (ub @ terms.dcb).reshape(ub.shape[0], n_alpha, -1)  # [B, A, t] their change at each alpha
+    q0 = (r0 * r0).sum(-1)  # [B]
+    dq = (dr * (2.0 * r0[:, None, :] + dr)).sum(-1)  # [B, A]
+    u2 = ub * ub
+    e0 = u2 @ terms.c0 + lb  # [B] one minus leverage at a0
+    de = u2 @ terms.dc.T  # [B, A]
+    e = e0[:, None] + de
+    dw = -de * (2.0 * e0[:, None] + de) / (e * e * (e0 * e0)[:, None])
+    delta = dq / (e * e) + q0[:, None] * dw
+    return (q0 / (e0 * e0)).sum(), delta.sum(0)
+
+
 def _loo_errors(u, s, y, alphas, n_rows, block_rows):
     """Mean squared LOO error of ridge on (U S V^T, y) for every alpha.
 
@@ -91,37 +131,15 @@ def _loo_errors(u, s, y, alphas, n_rows, block_rows):
     float32 where ``loo`` itself could not, and the argmin agrees with a float64 reference.
     """
     b = u.T @ y  # [r, t]
-    y_perp = y - u @ b
-    lev_perp = 1.0 - (u * u).sum(1)
-    s2 = s * s
-    a0 = alphas[0]
-    c0 = a0 / (s2 + a0)  # [r]
-    dc = s2[None, :] * (alphas[:, None] - a0) / ((s2[None, :] + alphas[:, None]) * (s2 + a0))
-    n_alpha, t = alphas.shape[0], y.shape[1]
-    c0b = c0[:, None] * b
-    dcb = (dc[:, :, None] * b[None]).transpose(1, 0, 2).reshape(b.shape[0], n_alpha * t)
-
-    def block(args):
-        ub, yb, lb = args
-        r0 = yb + ub @ c0b  # [B, t] LOO numerators at a0
-        dr = (ub @ dcb).reshape(-1, n_alpha, t)  # [B, A, t] their change at each alpha
-        q0 = (r0 * r0).sum(-1)  # [B]
-        dq = (dr * (2.0 * r0[:, None, :] + dr)).sum(-1)  # [B, A]
-        u2 = ub * ub
-        e0 = u2 @ c0 + lb  # [B] one minus leverage at a0
-        de = u2 @ dc.T  # [B, A]
-        e = e0[:, None] + de
-        dw = -de * (2.0 * e0[:, None] + de) / (e * e * (e0 * e0)[:, None])
-        delta = dq / (e * e) + q0[:, None] * dw
-        return (q0 / (e0 * e0)).sum(), delta.sum(0)
-
+    terms = _loo_terms(s, b, alphas)
+    t = y.shape[1]
     n_blocks = u.shape[0] // block_rows
     parts = (
         u.reshape(n_blocks, block_rows, -1),
-        y_perp.reshape(n_blocks, block_rows, t),
-        lev_perp.reshape(n_blocks, block_rows),
+        (y - u @ b).reshape(n_blocks, block_rows, t),
+        (1.0 - (u * u).sum(1)).reshape(n_blocks, block_rows),
     )
-    base, delta = jax.lax.map(block, parts)
+    base, delta = jax.lax.map(lambda a: _loo_block(terms, *a), parts)
     delta = delta.sum(0)
     return (base.sum() + delta) / (n_rows * t), delta
 
@@ -196,6 +214,210 @@ def _ridge_folds(X, Y, live_x, live_y, train_idx, train_mask, test_idx, test_mas
     return jax.lax.map(fold, jnp.arange(train_idx.shape[0]))
 
 
+# --- Tall X: the streamed path ----------------------------------------------------------------
+#
+# With many more train rows than columns, nothing row-sized is materialised. One pass gives the
+# per-part moments (``folds.fold_moments`` with ``X^T X``); the train Gram matrix of every fold is
+# pooled from them in float64 on the host, and its Cholesky factor R1 defines Q1 = X_std R1^-1.
+# A second pass accumulates Q1^T Q1 (Kahan) and the host factors it again (CholeskyQR2 without
+# storing Q: U = X_std R1^-1 R2^-1 U_R with R2 R1 = U_R S V^T). A third pass runs the LOO sums
+# over the row blocks of every fold's train parts, a fourth the test Pearson sums. Every pass
+# gathers row blocks of the parts, so memory is the inputs plus a few blocks. If a Gram matrix is
+# not positive definite or Q1 is far from orthonormal (condition number of X above about 1e3),
+# the materialised path with LAPACK's SVD is used instead.
+
+_MAX_Q1_ERROR = 0.1  # |Q1^T Q1 - I| above this: CholeskyQR2 is not trusted
+
+
+def _train_blocks(index, mask, others):
+    """Row blocks of the parts in ``others`` (a fold's train parts), as [n, B] each."""
+    return index[others].reshape(-1, index.shape[-1]), mask[others].reshape(-1, index.shape[-1])
+
+
+def _rows(X, live, idx):
+    return X[idx][:, live]
+
+
+@jax.jit
+def _q1_gram_pass(X, live_x, index, mask, others, mean_x, w1):
+    """[K, p, p] sum over each fold's train rows of Q1^T Q1, Q1 = (x - mean) @ w1."""
+    p = w1.shape[-1]
+
+    def fold(args):
+        o, mx, w = args
+
+        def step(carry, block):
+            idx, m = block
+            q = ((_rows(X, live_x, idx) - mx) @ w) * m[:, None].astype(w.dtype)
+            gram = jnp.matmul(q.T, q, precision=jax.lax.Precision.HIGHEST)
+            return _folds._kahan_add(*carry, gram), None
+
+        zero = jnp.zeros((p, p), w.dtype)
+        (gram, _), _ = jax.lax.scan(step, (zero, zero), _train_blocks(index, mask, o))
+        return gram
+
+    return jax.lax.map(fold, (others, mean_x, w1))
+
+
+@jax.jit
+def _loo_pass(X, Y, live_x, live_y, index, mask, others, fold_consts, alphas):
+    """[K] and [K, A]: each fold's LOO sums over its train rows (see :func:`_loo_block`)."""
+
+    def fold(args):
+        o, (mx, w1, w2, my, sy, b, s) = args
+        terms = _loo_terms(s, b, alphas)
+
+        def step(carry, block):
+            idx, m = block
+            w = m[:, None].astype(w1.dtype)
+            u = (((_rows(X, live_x, idx) - mx) @ w1) @ w2) * w
+            y = (_rows(Y, live_y, idx) - my) * sy * w
+            base, delta = _loo_block(terms, u, y - u @ b, 1.0 - (u * u).sum(1))
+            (tb, cb), (td, cd) = carry
+            return (_folds._kahan_add(tb, cb, base), _folds._kahan_add(td, cd, delta)), None
+
+        zb, zd = jnp.zeros((), w1.dtype), jnp.zeros(alphas.shape, w1.dtype)
+        ((base, _), (delta, _)), _ = jax.lax.scan(
+            step, ((zb, zb), (zd, zd)), _train_blocks(index, mask, o)
+        )
+        return base, delta
+
+    return jax.lax.map(fold, (others, fold_consts))
+
+
+@jax.jit
+def _test_pass(X, Y, live_x, live_y, index, mask, mean_x, scale_x, coef, mean_y):
+    """Per fold, sums over its test rows of pred, y, pred^2, y^2 and pred * y ([K, 5, t])."""
+
+    def fold(args):
+        idx_k, m_k, mx, sx, c, my = args
+
+        def step(carry, block):
+            idx, m = block
+            w = m[:, None].astype(c.dtype)
+            pred = (((_rows(X, live_x, idx) - mx) * sx) @ c) * w
+            y = (_rows(Y, live_y, idx) - my) * w
+            sums = jnp.stack([pred.sum(0), y.sum(0), (pred * pred).sum(0), (y * y).sum(0)])
+            sums = jnp.concatenate([sums, (pred * y).sum(0)[None]])
+            return _folds._kahan_add(*carry, sums), None
+
+        zero = jnp.zeros((5, c.shape[1]), c.dtype)
+        (sums, _), _ = jax.lax.scan(step, (zero, zero), (idx_k, m_k))
+        return sums
+
+    return jax.lax.map(fold, (index, mask, mean_x, scale_x, coef, mean_y))
+
+
+def _pool(counts, means, k):
+    """Pooled count, mean and the per-part mean offsets of every part but ``k`` (float64)."""
+    keep = np.arange(len(counts)) != k
+    w = counts[keep]
+    mean = (w[:, None] * means[keep]).sum(0) / w.sum()
+    return w, mean, means[keep] - mean
+
+
+def _inv_upper(r):
+    return np.linalg.solve(r, np.eye(r.shape[0]))
+
+
+def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
+    """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned."""
+    n_folds, p, t = len(folds.sizes), len(live_x), len(live_y)
+    block = _loo_block_rows(len(alphas), t)
+    index, mask = _folds.blocked(folds, block)
+    lx, ly = jnp.asarray(live_x), jnp.asarray(live_y)
+    m = _folds.fold_moments(X, Y, lx, ly, index, mask, with_gram_x=True)
+    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in m))
+    others = np.array([[j for j in range(n_folds) if j != k] for k in range(n_folds)])
+    dtype = X.dtype
+
+    # Train statistics and the first Cholesky factor of every fold (host, float64).
+    train = []
+    for k in range(n_folds):
+        w, mean_x, dx = _pool(m.count, m.mean_x, k)
+        _, mean_y, dy = _pool(m.count, m.mean_y, k)
+        keep = others[k]
+        gxx = m.gram_x[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dx)
+        gxy = m.cross[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dy)
+        ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
+        sx = np.sqrt(np.diag(gxx))
+        try:
+            r1 = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
+        except np.linalg.LinAlgError:
+            return None
+        train.append((w.sum(), mean_x, sx, r1, mean_y, gxy, ssy))
+    if not all(np.isfinite(tr[3]).all() for tr in train):
+        return None
+    w1 = np.stack([_inv_upper(r1) / sx[:, None] for _, _, sx, r1, *_ in train])
+    mean_x = np.stack([tr[1] for tr in train])
+    g2 = np.asarray(
+        _q1_gram_pass(
+            X,
+            lx,
+            index,
+            mask,
+            jnp.asarray(others),
+            jnp.asarray(mean_x, dtype),
+            jnp.asarray(w1, dtype),
+        ),
+        np.float64,
+    )
+    consts = []
+    for k, (_, _, _, r1, mean_y, gxy, ssy) in enumerate(train):
+        if not (np.abs(g2[k] - np.eye(p)).max() < _MAX_Q1_ERROR):
+            return None
+        r2 = np.linalg.cholesky(g2[k]).T
+        ur, s, vt = np.linalg.svd(r2 @ r1)
+        w2 = _inv_upper(r2) @ ur
+        sy = 1.0 / np.sqrt(ssy)
+        b = (w1[k] @ w2).T @ (gxy * sy[None, :])  # U^T Y_std from the moments
+        consts.append((w2, mean_y, sy, b, s, vt))
+    stack = lambda i: jnp.asarray(np.stack([c[i] for c in consts]), dtype)  # noqa: E731
+    fold_consts = (
+        jnp.asarray(mean_x, dtype),
+        jnp.asarray(w1, dtype),
+        stack(0),
+        stack(1),
+        stack(2),
+        stack(3),
+        stack(4),
+    )
+    alphas_d = jnp.asarray(alphas, dtype)
+    base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), fold_consts, alphas_d)
+    n_train = np.array([tr[0] for tr in train], dtype)
+    delta = np.asarray(delta)
+    best = np.argmin(delta, axis=1)
+    loo = (np.asarray(base)[:, None] + delta) / (n_train[:, None] * t)
+
+    # Coefficients (float64) and the test Pearson r of every target.
+    coef = []
+    for k, (_, _, _, b, s, vt) in enumerate(consts):
+        a = alphas[best[k]]
+        coef.append(vt.T @ ((s / (s * s + a))[:, None] * b))
+    sums = np.asarray(
+        _test_pass(
+            X,
+            Y,
+            lx,
+            ly,
+            index,
+            mask,
+            jnp.asarray(m.mean_x, dtype),
+            jnp.asarray(1.0 / np.sqrt(m.ss_x), dtype),
+            jnp.asarray(np.stack(coef), dtype),
+            jnp.asarray(m.mean_y, dtype),
+        ),
+        np.float64,
+    )
+    n = m.count[:, None]
+    sp, sy_, spp, syy, spy = (sums[:, i] for i in range(5))
+    var_p, var_y = spp - sp * sp / n, syy - sy_ * sy_ / n
+    cov = spy - sp * sy_ / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((var_p > 0) & (var_y > 0), cov / np.sqrt(var_p * var_y), 0.0)
+    return r.mean(1), best, loo, r
+
+
 def _loo_block_rows(n_alphas: int, n_targets: int) -> int:
     rows = max(1, (1 << 22) // (n_alphas * n_targets))
     return int(min(_PAD, 1 << int(np.floor(np.log2(rows)))))
@@ -229,24 +451,12 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     """
     alphas = check_alphas(alphas)
     p = _folds.prepare(X, Y, n_folds, seed)
-    tests = p.folds.parts
-    trains = [
-        np.sort(np.concatenate([t for j, t in enumerate(tests) if j != k]))
-        for k in range(len(tests))
-    ]
-    train_idx, train_mask = _padded(trains, _round_up(max(len(t) for t in trains)))
-    test_idx, test_mask = _padded(tests, _round_up(max(len(t) for t in tests)))
-    scores, best, loo, r = _ridge_folds(
-        p.X,
-        p.Y,
-        jnp.asarray(p.units_x.live),
-        jnp.asarray(p.units_y.live),
-        train_idx,
-        train_mask,
-        test_idx,
-        test_mask,
-        jnp.asarray(alphas, dtype=p.X.dtype),
-    )
+    out = None
+    if p.X.shape[0] - int(p.folds.sizes.max()) >= 8 * len(p.units_x.live):
+        out = _ridge_streamed(p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas)
+    if out is None:
+        out = _ridge_materialised(p, alphas)
+    scores, best, loo, r = out
     best = np.asarray(best)
     folds, mean, sem = _folds.summary(scores)
     return RidgeResult(
@@ -259,4 +469,26 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
         np.asarray(r, dtype=np.float64),
         p.units_x.dead,
         p.units_y.dead,
+    )
+
+
+def _ridge_materialised(p: _folds.Prepared, alphas):
+    """Ridge folds with every fold's train rows gathered and factored by LAPACK-backed SVDs."""
+    tests = p.folds.parts
+    trains = [
+        np.sort(np.concatenate([t for j, t in enumerate(tests) if j != k]))
+        for k in range(len(tests))
+    ]
+    train_idx, train_mask = _padded(trains, _round_up(max(len(t) for t in trains)))
+    test_idx, test_mask = _padded(tests, _round_up(max(len(t) for t in tests)))
+    return _ridge_folds(
+        p.X,
+        p.Y,
+        jnp.asarray(p.units_x.live),
+        jnp.asarray(p.units_y.live),
+        train_idx,
+        train_mask,
+        test_idx,
+        test_mask,
+        jnp.asarray(alphas, dtype=p.X.dtype),
     )

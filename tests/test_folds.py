@@ -54,10 +54,14 @@ def test_blocking_does_not_change_moments():
     Y = rng.standard_normal((5000, 4)).astype(np.float32)
     p = F.prepare(X, Y, 3, 2)
     live_x, live_y = np.arange(6), np.arange(4)
-    small = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 64))
-    large = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 4096))
+    small = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 64), with_gram_x=True)
+    large = F.fold_moments(X, Y, live_x, live_y, *F.blocked(p.folds, 4096), with_gram_x=True)
     for a, b in zip(small, large, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+    # X^T X of every part against float64 numpy.
+    for k, part in enumerate(p.folds.parts):
+        xc = X[part].astype(np.float64) - X[part].astype(np.float64).mean(0)
+        np.testing.assert_allclose(np.asarray(small.gram_x[k]), xc.T @ xc, rtol=1e-5, atol=1e-3)
 
 
 def test_dead_unit_rule_matches_sklearn_loop():

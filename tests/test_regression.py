@@ -6,7 +6,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold
 
 import superalign
-from superalign import regression
+from superalign import folds, regression
 
 
 def _standardize(a):
@@ -40,16 +40,18 @@ def _latent_data(m, na, nb, seed, noise_y=2.0, collinear=True):
 
 
 @pytest.mark.parametrize(
-    ("m", "na", "nb", "noise_y", "seed"),
+    ("m", "na", "nb", "noise_y", "seed", "collinear"),
     [
-        (2003, 40, 12, 2.0, 0),  # unequal fold sizes, tall X
-        (1500, 30, 30, 6.0, 1),  # noisy targets: a large alpha wins
-        (150, 200, 8, 1.0, 2),  # wide X (fewer train rows than units)
-        (20_000, 12, 6, 2.0, 3),  # tall X
+        (2003, 40, 12, 2.0, 0, True),  # unequal fold sizes, tall ill-conditioned X (fallback)
+        (2003, 40, 12, 2.0, 0, False),  # the same, well conditioned (streamed path)
+        (1500, 30, 30, 6.0, 1, True),  # noisy targets: a large alpha wins
+        (150, 200, 8, 1.0, 2, True),  # wide X (fewer train rows than units)
+        (20_000, 12, 6, 2.0, 3, True),  # tall X
+        (20_000, 12, 6, 2.0, 3, False),  # tall X, streamed path
     ],
 )
-def test_ridge_matches_sklearn_ridgecv(m, na, nb, noise_y, seed):
-    X, Y = _latent_data(m, na, nb, seed, noise_y)
+def test_ridge_matches_sklearn_ridgecv(m, na, nb, noise_y, seed, collinear):
+    X, Y = _latent_data(m, na, nb, seed, noise_y, collinear)
     alphas = regression.DEFAULT_ALPHAS
     result = superalign.ridge_regression(X, Y)
     chosen, scores = _sklearn_loop(X, Y, alphas)
@@ -117,3 +119,20 @@ def test_thin_svd_of_tall_matrices_as_accurate_as_lapack(kappa_noise):
     assert np.abs(s - s_ref).max() <= 2 * np.abs(s_lapack - s_ref).max() + 1e-6 * s_ref[0]
     np.testing.assert_allclose(u.T @ u, np.eye(16), atol=1e-5)
     np.testing.assert_allclose((u * s) @ vt, x, atol=1e-4 * np.abs(x).max())
+
+
+@pytest.mark.parametrize("collinear", [False, True])
+def test_tall_x_is_streamed_unless_ill_conditioned(collinear):
+    """Well-conditioned tall X takes the streamed path (CholeskyQR2 from moments); a condition
+    number of about 1e3 or more falls back to LAPACK's SVD on the gathered folds."""
+    X, Y = _latent_data(2003, 40, 12, 0, 2.0, collinear)
+    p = folds.prepare(X, Y, 5, 0)
+    out = regression._ridge_streamed(
+        p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, regression.DEFAULT_ALPHAS
+    )
+    assert (out is None) == collinear
+    if out is not None:
+        ref = regression._ridge_materialised(p, regression.DEFAULT_ALPHAS)
+        np.testing.assert_array_equal(out[1], np.asarray(ref[1]))
+        np.testing.assert_allclose(out[0], np.asarray(ref[0]), atol=1e-6)
+        np.testing.assert_allclose(out[3], np.asarray(ref[3]), atol=1e-6)
