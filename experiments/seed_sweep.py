@@ -412,10 +412,11 @@ def gain(base: dict, new: dict) -> dict:
 
 
 def heldout_neurons(cfg, n_hidden, toy_params):
-    """``[S, M, N]`` neuron activations on the alignment rows (toy_models' activation code)."""
-    tcfg = toy_models.toy_config(cfg.base(), n_hidden)
+    """``[S, M, N]`` neuron activations on the alignment rows (features drawn once per call)."""
+    spec = toy_models.toy_config(cfg.base(), n_hidden).data
     rows = heldout_range(cfg)
-    return toy_models._activation_fn(tcfg, len(rows))(toy_params, rows.start)
+    acts = jax.vmap(lambda p, s: toy.activations(p, spec, s, len(rows)), in_axes=(0, None))
+    return jax.jit(acts)(toy_params, rows.start)
 
 
 def _encoder(scfg):

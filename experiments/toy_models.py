@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -86,55 +87,93 @@ def _train_segmented(ckpt_dir, init_state, step_fn, start, stop, seg, desc, prog
     return state
 
 
-def train_toy_models(cfg, n_hidden, out: Path, progress=True):
-    """Both seeds' toy models, ``[S, ...]`` parameters."""
-    tcfg = toy_config(cfg, n_hidden)
-    init = jax.vmap(lambda k: toy.init_state(tcfg, k))(_seed_keys(cfg.seeds, 0))
-    run = jax.jit(jax.vmap(toy.make_run(tcfg), in_axes=(0, None, None)), static_argnums=2)
+def _ckpt_name(prefix: str, sizes) -> str:
+    return f"{prefix}_N" + "-".join(str(n) for n in sizes)
+
+
+def _segment_batches(cfg: configs.ToyExperimentConfig, start, n: int) -> jax.Array:
+    """``[n, B, F]`` features of batches ``start .. start + n - 1`` (shared by every size)."""
+    spec = toy_config(cfg, cfg.sizes[0]).data
+    return features.batches(spec, start + jnp.arange(n))
+
+
+def train_toy_models_all(cfg, sizes, out: Path, progress=True) -> dict:
+    """Both seeds' toy models of every size in ``sizes``, ``{N: [S, ...] parameters}``.
+
+    One pass over the rows: each segment's batches are drawn once and train every size and seed.
+    """
+    sizes = tuple(sizes)
+    tcfgs = [toy_config(cfg, n) for n in sizes]
+    keys = _seed_keys(cfg.seeds, 0)
+    init = tuple(jax.vmap(lambda k, tc=tc: toy.init_state(tc, k))(keys) for tc in tcfgs)
+
+    def segment(states, start, n):
+        z = _segment_batches(cfg, start, n)
+
+        def batch_fn(step):
+            return jax.lax.dynamic_index_in_dim(z, step - start, keepdims=False)
+
+        runs = [jax.vmap(toy.make_run(tc, batch_fn), in_axes=(0, None, None)) for tc in tcfgs]
+        return tuple(run(st, start, n)[0] for run, st in zip(runs, states, strict=True))
+
     state = _train_segmented(
-        out / "checkpoints" / f"toy_N{n_hidden}",
+        out / "checkpoints" / _ckpt_name("toy", sizes),
         init,
-        lambda st, s, n: run(st, s, n)[0],
+        jax.jit(segment, static_argnums=2),
         0,
         cfg.n_steps,
         cfg.segment_steps,
-        f"N={n_hidden} toy models",
+        f"toy models N={sizes}",
         progress,
     )
-    return state.params
+    return {n: st.params for n, st in zip(sizes, state, strict=True)}
 
 
-def _activation_fn(tcfg: toy.ToyConfig, n_steps: int):
-    return jax.jit(
-        jax.vmap(lambda p, s: toy.activations(p, tcfg.data, s, n_steps), in_axes=(0, None))
-    )
+def train_toy_models(cfg, n_hidden, out: Path, progress=True):
+    """Both seeds' toy models of one size, ``[S, ...]`` parameters."""
+    return train_toy_models_all(cfg, (n_hidden,), out, progress)[n_hidden]
 
 
-def train_saes(cfg, n_hidden, toy_params, out: Path, progress=True):
-    """Both seeds' SAEs on their own model's activations, one in-order pass over the train rows."""
-    tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
+def train_saes_all(cfg, toy_params: dict, out: Path, progress=True) -> dict:
+    """Both seeds' SAEs of every size on their own model's activations, ``{N: [S, ...]}``.
+
+    One in-order pass over the train rows, each segment's batches drawn once for every size.
+    """
+    sizes = tuple(toy_params)
+    tcfg = toy_config(cfg, sizes[0])
+    scfgs = [sae_config(cfg, n) for n in sizes]
     train_steps, _ = features.split_steps(tcfg.data)
-    init = jax.vmap(lambda k: sae.init_state(scfg, k))(_seed_keys(cfg.seeds, 1))
-    run = jax.jit(jax.vmap(sae.make_chunk_run(scfg), in_axes=(0, 0, None)))
-    acts = {}
+    keys = _seed_keys(cfg.seeds, 1)
+    init = tuple(jax.vmap(lambda k, sc=sc: sae.init_state(sc, k))(keys) for sc in scfgs)
     unused_key = jax.random.key(0)  # in-order passes draw no randomness
+    hidden = jax.vmap(toy.hidden, in_axes=(0, None))
 
-    def step_fn(state, s, n):
-        if n not in acts:
-            acts[n] = _activation_fn(tcfg, n)
-        return run(state, acts[n](toy_params, s), unused_key)[0]
+    def segment(states, params, start, n):
+        z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
+        out = []
+        for sc, st, p in zip(scfgs, states, params, strict=True):
+            run = jax.vmap(sae.make_chunk_run(sc), in_axes=(0, 0, None))
+            out.append(run(st, hidden(p, z), unused_key)[0])
+        return tuple(out)
 
+    segment = jax.jit(segment, static_argnums=3)
+    params = tuple(toy_params[n] for n in sizes)
     state = _train_segmented(
-        out / "checkpoints" / f"sae_N{n_hidden}",
+        out / "checkpoints" / _ckpt_name("sae", sizes),
         init,
-        step_fn,
+        lambda st, s, n: segment(st, params, s, n),
         train_steps.start,
         train_steps.stop,
         cfg.segment_steps,
-        f"N={n_hidden} SAEs",
+        f"SAEs N={sizes}",
         progress,
     )
-    return state.params
+    return {n: st.params for n, st in zip(sizes, state, strict=True)}
+
+
+def train_saes(cfg, n_hidden, toy_params, out: Path, progress=True):
+    """Both seeds' SAEs of one size on their own model's activations."""
+    return train_saes_all(cfg, {n_hidden: toy_params}, out, progress)[n_hidden]
 
 
 class _RecoveryMoments:
@@ -191,37 +230,39 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
       ``neurons`` (S arrays [M, N]) and ``sae`` (S arrays [M, L]), one per seed, ``randsae
       [M, L]`` (the untrained control SAE of the first seed, the only one the conditions use), and
       ``recovery`` (``neurons`` and ``sae`` of the first seed, ``[F]`` each). ``M`` is the
-      number of held-out rows.
+      number of held-out rows. The activations are device arrays: the metrics read them in
+      place, and nothing is copied to the host unless the caller asks.
     """
     tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
     _, held = features.split_steps(tcfg.data)
     rand_params = sae.init(scfg, _seed_keys(cfg.seeds[:1], cfg.random_sae_seed)[0])
-    n_seeds, n_rows = len(cfg.seeds), len(held) * cfg.batch_size
-    out = {  # one array per seed, so that each can be freed on its own
-        "neurons": [np.empty((n_rows, n_hidden), np.float32) for _ in range(n_seeds)],
-        "sae": [np.empty((n_rows, cfg.sae_latents), np.float32) for _ in range(n_seeds)],
-        "randsae": np.empty((n_rows, cfg.sae_latents), np.float32),
-    }
+    n_seeds = len(cfg.seeds)
     recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
-    encode = jax.jit(jax.vmap(lambda p, h: sae.encode(scfg, p, h)[0]))
-    encode_rand = jax.jit(lambda h: sae.encode(scfg, rand_params, h)[0])
-    rows = jax.jit(lambda s, n: features.batches(tcfg.data, s + jnp.arange(n)), static_argnums=1)
-    # The features are drawn once per segment and shared by the neurons and the recovery check.
-    neurons = jax.jit(jax.vmap(toy.hidden, in_axes=(0, None)))
+
+    @partial(jax.jit, static_argnums=3)
+    def segment(toy_params, sae_params, start, n):
+        # The features are drawn once per segment and shared by every consumer.
+        z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
+        h = jax.vmap(toy.hidden, in_axes=(0, None))(toy_params, z)
+        latents = jax.vmap(lambda p, x: sae.encode(scfg, p, x)[0])(sae_params, h)
+        return z, h, latents, sae.encode(scfg, rand_params, h[0])[0]
+
+    chunks = {"neurons": [], "sae": [], "randsae": []}
     segments = list(_segments(held.start, held.stop, cfg.segment_steps))
     desc = f"N={n_hidden} held-out activations"
     for s, n in tqdm(segments, desc=desc, disable=not progress, leave=False):
-        z = rows(s, n).reshape(-1, cfg.n_features)
-        h = neurons(toy_params, z)
-        latents = encode(sae_params, h)
+        z, h, latents, rand = segment(toy_params, sae_params, s, n)
         recovery["neurons"].add(z, h[0])
         recovery["sae"].add(z, latents[0])
-        lo = (s - held.start) * cfg.batch_size
-        hi = lo + n * cfg.batch_size
-        for i in range(n_seeds):
-            out["neurons"][i][lo:hi] = np.asarray(h[i])
-            out["sae"][i][lo:hi] = np.asarray(latents[i])
-        out["randsae"][lo:hi] = np.asarray(encode_rand(h[0]))
+        chunks["neurons"].append(h)
+        chunks["sae"].append(latents)
+        chunks["randsae"].append(rand)
+    out = {}
+    for name in ("neurons", "sae"):  # one population at a time, its chunks freed as it goes
+        joined = jnp.concatenate(chunks.pop(name), axis=1)
+        out[name] = [joined[i] for i in range(n_seeds)]
+        del joined
+    out["randsae"] = jnp.concatenate(chunks.pop("randsae"), axis=0)
     out["recovery"] = {k: v.best_correlations() for k, v in recovery.items()}
     return out
 
@@ -236,23 +277,24 @@ def _score(result) -> dict:
 
 
 def alignment(cfg, acts: dict, progress=True) -> dict:
-    """Every alignment score of one size on its held-out activations (seed 0 -> seed 1)."""
+    """Every alignment score of one size on its held-out activations (seed 0 -> seed 1).
+
+    Soft- and semi-matching of a condition share one pass over the rows
+    (:func:`superalign.soft_and_semi_matching`).
+    """
     a, b = 0, 1
     sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": [acts["randsae"]]}
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
-    jobs = []
-    for cond in MATCHING:
-        src, tgt = cond.split("_")
-        jobs.append(("soft_matching", cond, superalign.soft_matching, src, tgt))
-        jobs.append(("semi_matching", cond, superalign.semi_matching, src, tgt))
-    for cond in RIDGE:
-        src, tgt = cond.split("_")
-        jobs.append(("ridge", cond, superalign.ridge_regression, src, tgt))
+    jobs = [("matching", cond) for cond in MATCHING] + [("ridge", cond) for cond in RIDGE]
     out: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
-    for metric, cond, fn, src, tgt in tqdm(
-        jobs, desc="alignment", disable=not progress, leave=False
-    ):
-        out[metric][cond] = _score(fn(sources[src][a], sources[tgt][b], **kw))
+    for kind, cond in tqdm(jobs, desc="alignment", disable=not progress, leave=False):
+        src, tgt = cond.split("_")
+        X, Y = sources[src][a], sources[tgt][b]
+        if kind == "matching":
+            soft, semi = superalign.soft_and_semi_matching(X, Y, **kw)
+            out["soft_matching"][cond], out["semi_matching"][cond] = _score(soft), _score(semi)
+        else:
+            out["ridge"][cond] = _score(superalign.ridge_regression(X, Y, **kw))
     return out
 
 
@@ -288,52 +330,70 @@ class _Stages:
         return out
 
 
-def run_size(cfg, n_hidden: int, out: Path, save_activations=False, progress=True) -> dict:
-    """Everything for one size; the result is cached in ``out/sizes/N<n>.json``."""
-    cached = out / "sizes" / f"N{n_hidden}.json"
-    if cached.exists() and not save_activations:
-        return _io.read_json(cached)
+def _cached(out: Path, n_hidden: int) -> Path:
+    return out / "sizes" / f"N{n_hidden}.json"
+
+
+def run_size(
+    cfg, n_hidden: int, toy_params, sae_params, out: Path, save_activations=False, progress=True
+) -> dict:
+    """Held-out activations, alignment and analysis of one trained size.
+
+    The result is cached in ``out/sizes/N<n>.json``.
+    """
     t0 = time.perf_counter()
     stage = _Stages(f"N={n_hidden}")
-    toy_params = stage("toy models", train_toy_models, cfg, n_hidden, out, progress)
-    sae_params = stage("SAEs", train_saes, cfg, n_hidden, toy_params, out, progress)
     acts = stage("held-out activations", heldout, cfg, n_hidden, toy_params, sae_params, progress)
     if save_activations:
         for name in ("neurons", "sae"):
             for i, seed in enumerate(cfg.seeds):
                 path = out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy"
-                _io.save_npy(path, acts[name][i])
+                _io.save_npy(path, np.asarray(acts[name][i]))
         path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
-        _io.save_npy(path, acts["randsae"])
-    # One device copy per population and seed, shared by every metric; the host copies go.
-    for name in ("neurons", "sae"):
-        for i in range(len(cfg.seeds)):
-            acts[name][i] = jax.device_put(acts[name][i])
-    acts["randsae"] = jax.device_put(acts["randsae"])
+        _io.save_npy(path, np.asarray(acts["randsae"]))
     scores = stage("alignment", alignment, cfg, acts, progress)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0
     result["stage_seconds"] = stage.seconds
-    _io.write_json(cached, result)
-    return _io.read_json(cached)
+    _io.write_json(_cached(out, n_hidden), result)
+    return _io.read_json(_cached(out, n_hidden))
 
 
 def run(cfg, out, *, save_activations=False, progress=True) -> dict:
-    """Run (or resume) the whole experiment; write results.json and the figures."""
+    """Run (or resume) the whole experiment; write results.json and the figures.
+
+    The toy models of every size train in one pass over the rows, then the SAEs of every size
+    in one pass; each size then gets its held-out activations, scores and analysis, cached per
+    size. A finished size is reused (unless activations are asked for).
+    """
     out = Path(out)
     for n in cfg.sizes:  # validate every setting before any work
         toy_config(cfg, n), sae_config(cfg, n)
     _io.check_out(cfg, out)
     t0 = time.perf_counter()
+    todo = [n for n in cfg.sizes if save_activations or not _cached(out, n).exists()]
+    shared = {}
+    if todo:
+        stage = _Stages(f"N={tuple(cfg.sizes)}")
+        # Every size trains, so that the shared checkpoints do not depend on what is cached.
+        toy_params = stage("toy models", train_toy_models_all, cfg, cfg.sizes, out, progress)
+        sae_params = stage("SAEs", train_saes_all, cfg, toy_params, out, progress)
+        shared = stage.seconds
     sizes = {}
     for n in cfg.sizes:
-        sizes[str(n)] = run_size(cfg, n, out, save_activations, progress)
+        if n in todo:
+            args = (cfg, n, toy_params[n], sae_params[n], out, save_activations, progress)
+            sizes[str(n)] = run_size(*args)
+        else:
+            sizes[str(n)] = _io.read_json(_cached(out, n))
     results = {
         "config": dataclasses.asdict(cfg),
         "versions": _io.versions(),
         "devices": [str(d) for d in jax.devices()],
         "sizes": sizes,
     }
+    if shared:
+        results["shared_stage_seconds"] = shared
     _io.write_json(out / "results.json", results)
     from experiments import toy_figures
 

@@ -28,7 +28,12 @@ from superalign.analysis import (
     shared_features,
 )
 from superalign.features import DataSpec, importance
-from superalign.matching import permutation_score, semi_matching, soft_matching
+from superalign.matching import (
+    permutation_score,
+    semi_matching,
+    soft_and_semi_matching,
+    soft_matching,
+)
 from superalign.recovery import lasso, omp
 from superalign.regression import ridge_regression
 from superalign.sae import SAEConfig, SAEParams, dnn_config, toy_config

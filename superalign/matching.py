@@ -141,10 +141,18 @@ def semi_matching(
     Returns:
       A :class:`SemiMatchingResult`.
     """
+    _check_direction(direction)
+    p = _folds.prepare(X, Y, n_folds, seed)
+    return _semi_result(p, _folds.moments_of(p), direction)
+
+
+def _check_direction(direction):
     if direction not in ("target", "source"):
         raise ValueError(f"direction must be 'target' or 'source', got {direction!r}")
-    p = _folds.prepare(X, Y, n_folds, seed)
-    scores, best = _semi(_folds.moments_of(p), direction)
+
+
+def _semi_result(p: _folds.Prepared, moments, direction) -> SemiMatchingResult:
+    scores, best = _semi(moments, direction)
     partners, matched = (
         (p.units_x.live, p.units_y.live)
         if direction == "target"
@@ -338,11 +346,46 @@ def soft_matching(
       A :class:`SoftMatchingResult`. If Sinkhorn did not converge on some fold the result says
       so (``converged``) and a ``RuntimeWarning`` is issued; the rounded plan is still feasible.
     """
-    if solver not in ("sinkhorn", "exact"):
-        raise ValueError(f"solver must be 'sinkhorn' or 'exact', got {solver!r}")
+    _check_solver(solver)
+    cfg = _check_config(SinkhornConfig() if config is None else config)
+    p = _folds.prepare(X, Y, n_folds, seed)
+    return _soft_result(p, _folds.moments_of(p), solver, cfg)
+
+
+def soft_and_semi_matching(
+    X,
+    Y,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    solver: Literal["sinkhorn", "exact"] = "sinkhorn",
+    config: SinkhornConfig | None = None,
+    direction: Literal["target", "source"] = "target",
+) -> tuple[SoftMatchingResult, SemiMatchingResult]:
+    """:func:`soft_matching` and :func:`semi_matching` of the same pair from one pass over the rows.
+
+    Both scores read the same per-fold correlations, so validation, the dead-unit rule and the
+    per-part moments are computed once. The results equal the two separate calls'.
+
+    Args: as :func:`soft_matching`, plus ``direction`` of :func:`semi_matching`.
+
+    Returns:
+      ``(soft, semi)``.
+    """
+    _check_solver(solver)
+    _check_direction(direction)
     cfg = _check_config(SinkhornConfig() if config is None else config)
     p = _folds.prepare(X, Y, n_folds, seed)
     moments = _folds.moments_of(p)
+    return _soft_result(p, moments, solver, cfg), _semi_result(p, moments, direction)
+
+
+def _check_solver(solver):
+    if solver not in ("sinkhorn", "exact"):
+        raise ValueError(f"solver must be 'sinkhorn' or 'exact', got {solver!r}")
+
+
+def _soft_result(p: _folds.Prepared, moments, solver, cfg) -> SoftMatchingResult:
     k = len(p.folds.sizes)
     if solver == "exact":
         trains, tests = (np.asarray(a, dtype=np.float64) for a in _correlation_stack(moments))
@@ -361,7 +404,7 @@ def soft_matching(
                 f"(marginal errors {errors[~converged].tolist()}); plans were rounded onto the "
                 "polytope, but scores may be off the exact optimum",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     folds, mean, sem = _folds.summary(scores)
     return SoftMatchingResult(

@@ -177,3 +177,22 @@ def test_permutation_score_closed_form_deflation(n):
     assert result.mean == pytest.approx(1 / np.sqrt(n), abs=0.01)
     soft = superalign.soft_matching(z, z @ mix)
     assert soft.mean == pytest.approx(1 / np.sqrt(n), abs=0.01)
+
+
+def test_soft_and_semi_from_one_pass_equal_the_separate_calls():
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((3000, 12))
+    X = np.maximum(z @ rng.standard_normal((12, 20)), 0).astype(np.float32)
+    Y = (z @ rng.standard_normal((12, 15))).astype(np.float32)
+    X[:, 3] = 0.0  # a dead unit
+    soft, semi = superalign.soft_and_semi_matching(X, Y, n_folds=4, seed=3)
+    ref_soft = superalign.soft_matching(X, Y, n_folds=4, seed=3)
+    ref_semi = superalign.semi_matching(X, Y, n_folds=4, seed=3)
+    np.testing.assert_array_equal(soft.folds, ref_soft.folds)
+    np.testing.assert_array_equal(semi.folds, ref_semi.folds)
+    np.testing.assert_array_equal(soft.dead_x, [3])
+    np.testing.assert_array_equal(semi.matches, ref_semi.matches)
+    with pytest.raises(ValueError, match="direction"):
+        superalign.soft_and_semi_matching(X, Y, direction="both")
+    with pytest.raises(ValueError, match="solver"):
+        superalign.soft_and_semi_matching(X, Y, solver="lp")
