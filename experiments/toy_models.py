@@ -223,6 +223,12 @@ class _RecoveryMoments:
         return corr.max(axis=1)
 
 
+@partial(jax.jit, donate_argnums=0)
+def _write_rows(buffer: jax.Array, rows: jax.Array, start) -> jax.Array:
+    """``buffer`` with ``rows`` written from row ``start`` on (in place: the buffer is donated)."""
+    return jax.lax.dynamic_update_slice(buffer, rows, (start, 0))
+
+
 def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
     """Held-out activations and the feature-recovery check, in one streamed pass.
 
@@ -247,22 +253,25 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
         latents = jax.vmap(lambda p, x: sae.encode(scfg, p, x)[0])(sae_params, h)
         return z, h, latents, sae.encode(scfg, rand_params, h[0])[0]
 
-    chunks = {"neurons": [], "sae": [], "randsae": []}
+    # Preallocated per-seed device arrays, written in place segment by segment (donated buffers),
+    # so that peak memory is the activations plus one segment.
+    n_rows = len(held) * cfg.batch_size
+    widths = {"neurons": n_hidden, "sae": cfg.sae_latents}
+    out = {
+        k: [jnp.zeros((n_rows, w), jnp.float32) for _ in range(n_seeds)] for k, w in widths.items()
+    }
+    out["randsae"] = jnp.zeros((n_rows, cfg.sae_latents), jnp.float32)
     segments = list(_segments(held.start, held.stop, cfg.segment_steps))
     desc = f"N={n_hidden} held-out activations"
     for s, n in tqdm(segments, desc=desc, disable=not progress, leave=False):
         z, h, latents, rand = segment(toy_params, sae_params, s, n)
         recovery["neurons"].add(z, h[0])
         recovery["sae"].add(z, latents[0])
-        chunks["neurons"].append(h)
-        chunks["sae"].append(latents)
-        chunks["randsae"].append(rand)
-    out = {}
-    for name in ("neurons", "sae"):  # one population at a time, its chunks freed as it goes
-        joined = jnp.concatenate(chunks.pop(name), axis=1)
-        out[name] = [joined[i] for i in range(n_seeds)]
-        del joined
-    out["randsae"] = jnp.concatenate(chunks.pop("randsae"), axis=0)
+        lo = (s - held.start) * cfg.batch_size
+        for i in range(n_seeds):
+            out["neurons"][i] = _write_rows(out["neurons"][i], h[i], lo)
+            out["sae"][i] = _write_rows(out["sae"][i], latents[i], lo)
+        out["randsae"] = _write_rows(out["randsae"], rand, lo)
     out["recovery"] = {k: v.best_correlations() for k, v in recovery.items()}
     return out
 
