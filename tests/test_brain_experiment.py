@@ -1,6 +1,8 @@
 """The DNN->brain experiment end to end on a miniature NSD, and its refusals."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from experiments import _io, brain_alignment
 from experiments.configs import brain as configs
 from superalign.brain import nsd
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--config.subjects=(1, 2)",
     "--config.dnns=('mixed',)",
@@ -23,11 +26,65 @@ TINY = [
 ]
 
 
+def _main(argv):
+    """``brain_alignment.main(argv)`` as a command: ``python -m experiments.brain_alignment``."""
+    return dict(args=[sys.executable, "-m", "experiments.brain_alignment", *argv], cwd=ROOT)
+
+
+def _synthetic_out(factory):
+    (factory.getbasetemp() / "brain").mkdir(exist_ok=True)
+    return factory.getbasetemp() / "brain" / "run"
+
+
+def _synthetic_job(factory):
+    out = _synthetic_out(factory)
+    return out, _main(["--config", "synthetic", "--out", str(out), *TINY])
+
+
+def _nsd_args(root, out):
+    return [
+        "--config",
+        "nsd",
+        "--out",
+        str(out),
+        f"--config.nsd_root={root}",
+        "--config.subjects=(1,)",
+        "--config.n_sessions=3",
+        "--config.dnns=('features',)",
+        f"--config.activation_files=('{root / 'activations' / 'features.npz'}',)",
+        "--config.sae_train_files=('',)",
+        "--config.sae_expansion=(2,)",
+        "--config.sae_k=(4,)",
+        "--config.sae_epochs=2",
+        "--config.n_folds=3",
+        "--no-progress",
+    ]
+
+
+def _nsd_job(factory):
+    root = _synthetic_out(factory) / "synthetic_nsd"  # the synthetic run's tree
+    out = factory.mktemp("brain_nsd") / "nsd_run"
+    return (root, out), dict(**_main(_nsd_args(root, out)), after=("synthetic_run",))
+
+
+# Both runs start in the background with the session; the tests that use them run last (see
+# conftest.py).
+BACKGROUND = {"synthetic_run": _synthetic_job, "nsd_run": _nsd_job}
+
+
 @pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("brain") / "run"
-    assert brain_alignment.main(["--config", "synthetic", "--out", str(out), *TINY]) == 0
+def synthetic_run(background, tmp_path_factory):
+    out, proc = background.result(__name__, "synthetic_run", _synthetic_job, tmp_path_factory)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def nsd_run(synthetic_run, background, tmp_path_factory):
+    """``(root, out)``: --config nsd on the synthetic run's tree."""
+    (root, out), proc = background.result(__name__, "nsd_run", _nsd_job, tmp_path_factory)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, out
 
 
 def test_synthetic_run_writes_scores_table_and_figures(synthetic_run):
@@ -95,30 +152,13 @@ def test_a_rerun_reuses_every_stage(synthetic_run):
     assert again["subjects"] == results["subjects"]
 
 
-def test_nsd_config_on_a_tree_in_the_release_layout(synthetic_run, tmp_path):
+def test_nsd_config_on_a_tree_in_the_release_layout(synthetic_run, nsd_run):
     # The real-data path: --config nsd pointed at a download (here the miniature tree), with the
     # known generative features as the "DNN": they beat a scrambled control by far.
     out, _ = synthetic_run
-    root = out / "synthetic_nsd"
-    args = [
-        "--config",
-        "nsd",
-        "--out",
-        str(tmp_path / "nsd_run"),
-        f"--config.nsd_root={root}",
-        "--config.subjects=(1,)",
-        "--config.n_sessions=3",
-        "--config.dnns=('features',)",
-        f"--config.activation_files=('{root / 'activations' / 'features.npz'}',)",
-        "--config.sae_train_files=('',)",
-        "--config.sae_expansion=(2,)",
-        "--config.sae_k=(4,)",
-        "--config.sae_epochs=2",
-        "--config.n_folds=3",
-        "--no-progress",
-    ]
-    assert brain_alignment.main(args) == 0
-    results = json.loads((tmp_path / "nsd_run" / "results.json").read_text())
+    root, nsd_out = nsd_run
+    assert root == out / "synthetic_nsd"
+    results = json.loads((nsd_out / "results.json").read_text())
     scores = results["subjects"]["1"]["dnns"]["features"]
     assert set(scores) == set(brain_alignment.CONDITIONS)
     assert results["sae_train_files"] == [str(root / "activations" / "features.npz")]

@@ -1,6 +1,7 @@
 """The deep-network experiment on tiny settings: shards, resumable and data-parallel training,
 and the whole pipeline end to end."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -50,25 +51,106 @@ def _cmd(module, out):
             "--no-progress"]  # fmt: skip
 
 
+@functools.cache
+def _trained(out):
+    """``dnn_train.train_model`` on a finished run directory, loaded once per directory (every
+    load compiles the model's init anew: seconds)."""
+    variables, _ = dnn_train.train_model(_cfg(), 0, Path(out), progress=False)
+    return variables
+
+
 def _params(out):
-    variables, _ = dnn_train.train_model(_cfg(), 0, out, progress=False)
-    return jax.tree.leaves(variables)
+    return jax.tree.leaves(_trained(out))
+
+
+def _env(factory):
+    """The subprocesses' environment: one persistent compilation cache for all of them, so the
+    runs of dnn_train after the first reuse its compiled programs (same results, no recompiles)."""
+    cache = factory.getbasetemp() / "dnn_jax_cache"
+    cache.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def _aligned_job(factory):
+    out = factory.mktemp("dnn") / "run"
+    return out, dict(args=_cmd("experiments.dnn_alignment", out), cwd=ROOT, env=_env(factory))
+
+
+def _killed_job(factory):
+    """dnn_train killed with SIGKILL once its first checkpoint is written, then run again."""
+    killed = factory.mktemp("dnn_killed") / "killed"
+    env = _env(factory)
+
+    def kill_and_resume():
+        ckpts = killed / "models" / "vit_small" / "seeds_0_1"
+        child = subprocess.Popen(_cmd("experiments.dnn_train", killed), cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 300
+        while time.time() < deadline and child.poll() is None:
+            if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+                break
+            time.sleep(0.01)
+        if child.poll() is not None:
+            return {"running_at_kill": False}
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        return {
+            "running_at_kill": True,
+            "accuracy_after_kill": (killed / "models" / "vit_small" / "accuracy.json").exists(),
+            "resumed": subprocess.run(
+                _cmd("experiments.dnn_train", killed), cwd=ROOT, env=env, capture_output=True
+            ),
+        }
+
+    return killed, dict(call=kill_and_resume)
+
+
+def _two_devices_job(factory):
+    out = factory.mktemp("dnn_two") / "two"
+    env = {**_env(factory), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return out, dict(args=_cmd("experiments.dnn_train", out), cwd=ROOT, env=env)
+
+
+# The runs start in the background with the session, one after the other; the tests that use
+# them run last (see conftest.py).
+BACKGROUND = {"aligned": _aligned_job, "killed": _killed_job, "two_devices": _two_devices_job}
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory):
+def aligned(background, tmp_path_factory):
     """One tiny run of the whole experiment (it trains the models through dnn_train too)."""
-    out = tmp_path_factory.mktemp("dnn") / "run"
-    proc = subprocess.run(_cmd("experiments.dnn_alignment", out), cwd=ROOT, capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    out, proc = background.result(__name__, "aligned", _aligned_job, tmp_path_factory)
+    proc.check_returncode()
     return out, proc.stdout
 
 
+@pytest.fixture(scope="module")
+def killed(background, tmp_path_factory):
+    """Call it for ``(out, facts)`` of the killed and resumed training run."""
+    return lambda: background.result(__name__, "killed", _killed_job, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def two_devices(background, tmp_path_factory):
+    """Call it for ``(out, stdout)`` of training on two simulated CPU devices."""
+
+    def wait():
+        out, proc = background.result(__name__, "two_devices", _two_devices_job, tmp_path_factory)
+        proc.check_returncode()
+        return out, proc.stdout
+
+    return wait
+
+
 def _named_params(out):
-    variables, _ = dnn_train.train_model(_cfg(), 0, out, progress=False)
     return {
         jax.tree_util.keystr(path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(_trained(out))
     }
 
 
@@ -109,33 +191,20 @@ def test_shards_round_trip_and_resume(tmp_path):
         _shards.ShardReader(tmp_path / "y")
 
 
-def test_training_resumes_after_sigkill_and_two_devices_agree(tmp_path, aligned):
+def test_training_resumes_after_sigkill_and_two_devices_agree(aligned, killed, two_devices):
     whole = aligned[0]  # trained without interruption on one device
+    two, stdout = two_devices()  # (both runs are done in the background, or one of them here)
+    killed, run = killed()
 
-    killed = tmp_path / "killed"
-    ckpts = killed / "models" / "vit_small" / "seeds_0_1"
-    child = subprocess.Popen(_cmd("experiments.dnn_train", killed), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while time.time() < deadline and child.poll() is None:
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            break
-        time.sleep(0.01)
-    assert child.poll() is None, "the run finished before it could be killed"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert not (killed / "models" / "vit_small" / "accuracy.json").exists()
-    subprocess.run(_cmd("experiments.dnn_train", killed), cwd=ROOT, capture_output=True,
-                   check=True)  # fmt: skip
+    # Killed with SIGKILL after its first checkpoint, then started again.
+    assert run["running_at_kill"], "the run finished before it could be killed"
+    assert not run["accuracy_after_kill"]
+    run["resumed"].check_returncode()
     for a, b in zip(_params(whole), _params(killed), strict=True):
         np.testing.assert_array_equal(a, b)
 
     # Two simulated CPU devices: the batch is split over them; the result is the same.
-    two = tmp_path / "two"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.run(_cmd("experiments.dnn_train", two), cwd=ROOT, capture_output=True,
-                          text=True, check=True, env=env)  # fmt: skip
-    assert "devices: 2" in proc.stdout
+    assert "devices: 2" in stdout
     one_dev, two_dev = (_named_params(d) for d in (whole, two))
     for name, a in one_dev.items():
         b = two_dev[name]
@@ -171,8 +240,9 @@ def test_alignment_end_to_end(aligned):
 
     # The feature files: sorted ids, float32 units, equal to a plain forward pass of the model.
     cfg = _cfg()
-    variables, _ = dnn_train.train_model(cfg, 0, out, progress=False)
+    variables = _trained(out)
     mc = dnn_train.model_config(cfg, 0)
+    forward = jax.jit(lambda v, x: models.intermediates(mc, v, x, ("encoder_layer_5.mlp",)))
     feats = {}
     for s, seed in enumerate(cfg.seeds):
         f = np.load(dnn_alignment.feature_path(out, "vit_small", seed, "encoder_layer_5.mlp"))
@@ -180,8 +250,7 @@ def test_alignment_end_to_end(aligned):
         assert f["activations"].shape == (809, 64)
         assert np.all(np.diff(f["image_ids"]) > 0)
         feats[seed] = f["activations"]
-        one = jax.tree.map(lambda a, s=s: a[s], variables)
-        forward = jax.jit(lambda v, x: models.intermediates(mc, v, x, ("encoder_layer_5.mlp",)))
+        one = jax.tree.map(lambda a, s=s: np.asarray(a)[s], variables)
         batch = next(datasets.batches(dnn_train.data_config(cfg), "validation", 64, train=False))
         cls = np.asarray(forward(one, batch.images)[1]["encoder_layer_5.mlp"][:, 0])
         rows = np.searchsorted(f["image_ids"], batch.image_ids)

@@ -5,19 +5,41 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["toy_models.ipynb"]
 
 
-@pytest.mark.parametrize("name", ["toy_models.ipynb"])
-def test_notebook_executes(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("SUPERALIGN_NOTEBOOK_TINY", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+def _notebook_job(name):
+    def spec(factory):
+        tmp = factory.mktemp("notebook")
+        env = {
+            **os.environ,
+            "SUPERALIGN_NOTEBOOK_TINY": "1",
+            "MPLBACKEND": "Agg",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        out = tmp / f"executed_{name}"
+        return out, dict(notebook=ROOT / "notebooks" / name, cwd=tmp, out=out, env=env)
+
+    return spec
+
+
+# Each notebook runs in the background from the start of the session; its test runs last (see
+# conftest.py).
+BACKGROUND = {f"notebook[{name}]": _notebook_job(name) for name in NOTEBOOKS}
+
+
+@pytest.fixture
+def notebook(request, background, tmp_path_factory):
+    """The notebook, executed top to bottom with nbclient: ``nbformat`` of the result."""
+    name = f"notebook[{request.param}]"
+    out, proc = background.result(__name__, name, BACKGROUND[name], tmp_path_factory)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, indirect=True)
+def test_notebook_executes(notebook):
+    outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "Neuron->Neuron" in outputs and "soft_matching" in outputs

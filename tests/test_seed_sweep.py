@@ -1,6 +1,9 @@
 """The seed sweep: vectorised per-pair scores equal the library's, and a tiny sweep end to end."""
 
+import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -88,11 +91,29 @@ TINY = dict(
 )
 
 
-def test_tiny_sweep_end_to_end(tmp_path):
-    import dataclasses
+def _tiny_sweep_job(factory):
+    """``seed_sweep.main`` (``seed_sweep.run`` with TINY, then its summary table) as a command."""
+    out = factory.mktemp("tiny_sweep")
+    overrides = [f"--config.{k}={v!r}" for k, v in TINY.items()]
+    args = [sys.executable, "-m", "experiments.seed_sweep", "--out", str(out), *overrides]
+    return out, dict(args=[*args, "--no-progress"], cwd=Path(__file__).resolve().parents[1])
 
+
+# The sweep runs in the background with the session; its test runs last (see conftest.py).
+BACKGROUND = {"tiny_sweep": _tiny_sweep_job}
+
+
+@pytest.fixture
+def tiny_sweep(background, tmp_path_factory):
+    """``(out, printed summary table)`` of the tiny sweep."""
+    out, proc = background.result(__name__, "tiny_sweep", _tiny_sweep_job, tmp_path_factory)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_tiny_sweep_end_to_end(tiny_sweep):
+    tmp_path, printed = tiny_sweep
     cfg = dataclasses.replace(configs.get_config(), **TINY)
-    results = seed_sweep.run(cfg, tmp_path, progress=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"]["n_pairs"] == 2 and "jax" in on_disk["versions"]
     assert on_disk["heldout_rows"] == 40 * 64
@@ -115,7 +136,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
     for name in ("seed_sweep_gains", "seed_sweep_scores"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000
-    assert "soft gain" in seed_sweep.summary_table(results)
+    assert "soft gain" in printed  # seed_sweep.summary_table of the run's results
     # A finished size is reused; another config in the same folder is refused.
     before = (tmp_path / "sizes" / "N4.json").stat().st_mtime_ns
     seed_sweep.run(cfg, tmp_path, progress=False)
@@ -135,8 +156,6 @@ def test_tiny_sweep_end_to_end(tmp_path):
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, field, value, match):
-    import dataclasses
-
     cfg = dataclasses.replace(configs.get_config(), **{field: value})
     with pytest.raises(ValueError, match=match):
         seed_sweep.run(cfg, tmp_path / "bad", progress=False)

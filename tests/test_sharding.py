@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -62,17 +61,19 @@ FOUR_DEVICES = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def four_devices():
+def _four_devices_job(factory):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run(
-        [sys.executable, "-c", FOUR_DEVICES],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return None, dict(args=[sys.executable, "-c", FOUR_DEVICES], cwd=ROOT, env=env, timeout=300)
+
+
+# The interpreter runs in the background from the start of the session; the tests that use it
+# run last (see conftest.py).
+BACKGROUND = {"four_devices": _four_devices_job}
+
+
+@pytest.fixture(scope="module")
+def four_devices(background, tmp_path_factory):
+    _, proc = background.result(__name__, "four_devices", _four_devices_job, tmp_path_factory)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 import superalign
 from experiments import _io
@@ -19,6 +18,33 @@ from experiments.configs import theory as configs
 from superalign import theory
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _notebook_job(factory):
+    tmp = factory.mktemp("theory_notebook")
+    env = {
+        **os.environ,
+        "SUPERALIGN_NOTEBOOK_TINY": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    out = tmp / "executed_theory.ipynb"
+    return (tmp, out), dict(notebook=ROOT / "notebooks" / "theory.ipynb", cwd=tmp, out=out, env=env)
+
+
+# The notebook runs in the background from the start of the session; its test runs last (see
+# conftest.py).
+BACKGROUND = {"theory_notebook": _notebook_job}
+
+
+@pytest.fixture
+def theory_notebook(background, tmp_path_factory):
+    """``(kernel working directory, executed notebook)`` of notebooks/theory.ipynb (nbclient)."""
+    (tmp, out), proc = background.result(
+        __name__, "theory_notebook", _notebook_job, tmp_path_factory
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, nbformat.read(out, as_version=4)
 
 
 def test_sparse_latents_are_k_sparse_whitened_and_nested():
@@ -179,14 +205,8 @@ def test_experiment_guards_fail_before_any_work(tmp_path):
     assert not (tmp_path / "other" / "results.json").exists()
 
 
-def test_notebook_runs_the_tiny_experiment(tmp_path, monkeypatch):
-    monkeypatch.setenv("SUPERALIGN_NOTEBOOK_TINY", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / "theory.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+def test_notebook_runs_the_tiny_experiment(theory_notebook):
+    tmp_path, nb = theory_notebook
     outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "Setting 4" in outputs and "permutation" in outputs
     out = tmp_path / "runs" / "notebook_theory"

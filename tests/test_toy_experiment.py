@@ -26,6 +26,23 @@ TINY = [
     "--no-progress",
 ]
 ROOT = Path(__file__).resolve().parents[1]
+# The command-line runs of one test session share a JAX compilation cache (only the subprocesses:
+# in-process tests that count compilations must see every one), so the repeated runs of the same
+# tiny config reuse the compiled programs of the first. Same programs, same numbers.
+_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": "",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    _CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _env():
+    return {**os.environ, **_CACHE} if _CACHE["JAX_COMPILATION_CACHE_DIR"] else None
 
 
 def _run(out, *extra):
@@ -35,6 +52,7 @@ def _run(out, *extra):
         capture_output=True,
         text=True,
         check=True,
+        env=_env(),
     )
 
 
@@ -102,7 +120,9 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.toy_models", "--out", str(killed), *TINY, *steps]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
+    )
     sae_ckpt = killed / "checkpoints" / "sae_N4"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -236,6 +256,7 @@ def test_quick_preset_end_to_end(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        env=_env(),
     )
     assert "Neuron->Neuron" in proc.stdout or "neuron_neuron" in proc.stdout
     _check_quick_outputs(out)

@@ -1,0 +1,177 @@
+"""Subprocess work started when the session starts, on the machine's spare core.
+
+A few tests mostly wait for a subprocess: a notebook kernel, an interpreter with simulated
+devices, a whole experiment run from the command line. Run in turn, each would add its full wall
+time to the suite while the in-process tests keep about one core busy. Here that work runs in a
+background thread (one job at a time) from the start of the session, and the tests that need it
+run last, when it is done.
+
+A test module declares its jobs in ``BACKGROUND``: a dict from a fixture name to a function
+``spec(factory) -> (info, job)``. ``factory`` is pytest's ``tmp_path_factory``; ``info`` is
+anything the fixture needs besides the result (an output folder); ``job`` is a dict, one of
+
+- ``dict(args=..., cwd=..., env=..., timeout=...)``: a subprocess; the result is its
+  ``subprocess.CompletedProcess`` (text output captured), whatever its exit status;
+- ``dict(notebook=..., cwd=..., out=..., env=...)``: a notebook executed top to bottom by nbclient
+  (kernel working directory ``cwd``), written to ``out``; the result as for ``args``;
+- ``dict(call=...)``: a function of no arguments (it starts and watches subprocesses itself); the
+  result is what it returns.
+
+Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
+
+A job is started only if a selected test uses the fixture of that name (directly or through other
+fixtures), or a parametrised fixture as ``name[param]``. The fixture collects it with
+``background.result(__name__, name, spec, tmp_path_factory)``, which raises whatever running it
+raised; a job not started yet is run right there in the test's thread, so no test ever waits for
+more than its own work. Which thread runs a job changes nothing in it: the same commands,
+environments and working directories as in the test itself.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+# Executes a notebook with nbclient as the tests did in-process, and writes the executed notebook.
+NOTEBOOK_RUNNER = """
+import sys
+import nbformat
+from nbclient import NotebookClient
+
+src, cwd, dst = sys.argv[1:]
+nb = nbformat.read(src, as_version=4)
+client = NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": cwd}}
+)
+client.execute()
+nbformat.write(nb, dst)
+"""
+
+
+class _Entry:
+    def __init__(self, info, job: dict):
+        self.info = info
+        job = dict(job)
+        self.after = job.pop("after", ())
+        if "notebook" in job:
+            args = [sys.executable, "-c", NOTEBOOK_RUNNER]
+            job = dict(
+                args=args + [str(job[k]) for k in ("notebook", "cwd", "out")], env=job["env"]
+            )
+        self.job = job
+        self.claimed = False  # started, by the worker or by a test
+        self.done = threading.Event()
+        self.result = self.error = None
+
+
+class Background:
+    def __init__(self):
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="background-jobs", daemon=True)
+
+    def add(self, module: str, name: str, spec, factory) -> None:
+        if (module, name) not in self._entries:
+            entry = _Entry(*spec(factory))
+            entry.after = [(module, n) for n in entry.after]
+            self._entries[module, name] = entry
+
+    def start(self) -> None:
+        self._queue = list(self._entries.values())
+        if self._queue:
+            self._thread.start()
+
+    def result(self, module: str, name: str, spec, factory):
+        """``(info, result)`` of a job, run here if no one started it yet."""
+        self.add(module, name, spec, factory)
+        entry = self._entries[module, name]
+        if self._claim(entry):
+            self._run(entry)
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.info, entry.result
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            for proc in self._procs:
+                proc.kill()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def _claim(self, entry) -> bool:
+        with self._lock:
+            if entry.claimed or self._closing:
+                return False
+            entry.claimed = True
+            return True
+
+    def _work(self) -> None:
+        for entry in self._queue:
+            if self._claim(entry):
+                self._run(entry)
+
+    def _run(self, entry) -> None:
+        try:
+            for key in entry.after:
+                if key in self._entries:
+                    self._entries[key].done.wait()
+            if "call" in entry.job:
+                entry.result = entry.job["call"]()
+            else:
+                entry.result = self._subprocess(**entry.job)
+        except BaseException as err:  # handed to the test that asks for the result
+            entry.error = err
+        finally:
+            entry.done.set()
+
+    def _subprocess(self, args, cwd=None, env=None, timeout=None):
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the test session is closing")
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            self._procs.add(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+        return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def _jobs(item) -> list[str]:
+    """The background jobs a test waits for."""
+    jobs = getattr(getattr(item, "module", None), "BACKGROUND", {})
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    names = set(item.fixturenames) | {f"{k}[{v}]" for k, v in params.items()}
+    return [name for name in jobs if name in names]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that wait for background jobs run last (in their order): the jobs have the whole
+    session to finish."""
+    items[:] = [i for i in items if not _jobs(i)] + [i for i in items if _jobs(i)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """The session's :class:`Background`, with the jobs of every selected test started."""
+    bg = Background()
+    for item in request.session.items:
+        for name in _jobs(item):
+            bg.add(item.module.__name__, name, item.module.BACKGROUND[name], tmp_path_factory)
+    bg.start()
+    yield bg
+    bg.close()
