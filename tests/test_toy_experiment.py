@@ -247,16 +247,27 @@ def _check_quick_outputs(out: Path) -> None:
                 np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
 
-def test_quick_preset_end_to_end(tmp_path):
-    out = tmp_path / "quick"
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.toy_models", "--quick", "--out", str(out)]
-        + ["--no-progress", "--save-activations"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=_env(),
-    )
-    assert "Neuron->Neuron" in proc.stdout or "neuron_neuron" in proc.stdout
+def _quick_job(factory):
+    """``python -m experiments.toy_models --quick --save-activations`` into a fresh folder."""
+    out = factory.mktemp("quick") / "quick"
+    args = [sys.executable, "-m", "experiments.toy_models", "--quick", "--out", str(out)]
+    return out, dict(args=[*args, "--no-progress", "--save-activations"], cwd=ROOT)
+
+
+# The quick preset runs in the background from the start of the session; its test runs last
+# (see conftest.py).
+BACKGROUND = {"quick_run": _quick_job}
+
+
+@pytest.fixture
+def quick_run(background, tmp_path_factory):
+    """``(out folder, stdout)`` of the quick preset's command-line run."""
+    out, proc = background.result(__name__, "quick_run", _quick_job, tmp_path_factory)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_quick_preset_end_to_end(quick_run):
+    out, stdout = quick_run
+    assert "Neuron->Neuron" in stdout or "neuron_neuron" in stdout
     _check_quick_outputs(out)
