@@ -259,30 +259,46 @@ def _q1_gram_pass(X, live_x, index, mask, others, mean_x, w1):
     return jax.lax.map(fold, (others, mean_x, w1))
 
 
+class _StreamedFold(NamedTuple):
+    """One fold's constants of the streamed LOO pass (stacked over folds on the device).
+
+    ``u = ((x - mean_x) @ w1) @ w2`` are the rows of U; ``(y - mean_y) * scale_y`` the
+    standardised targets; ``b = U^T Y_std``; ``s`` the singular values of the train X_std.
+    """
+
+    mean_x: jax.Array  # [p]
+    w1: jax.Array  # [p, p]
+    w2: jax.Array  # [p, p]
+    mean_y: jax.Array  # [t]
+    scale_y: jax.Array  # [t]
+    b: jax.Array  # [p, t]
+    s: jax.Array  # [p]
+
+
 @jax.jit
-def _loo_pass(X, Y, live_x, live_y, index, mask, others, fold_consts, alphas):
+def _loo_pass(X, Y, live_x, live_y, index, mask, others, consts: _StreamedFold, alphas):
     """[K] and [K, A]: each fold's LOO sums over its train rows (see :func:`_loo_block`)."""
 
     def fold(args):
-        o, (mx, w1, w2, my, sy, b, s) = args
-        terms = _loo_terms(s, b, alphas)
+        o, c = args
+        terms = _loo_terms(c.s, c.b, alphas)
 
         def step(carry, block):
             idx, m = block
-            w = m[:, None].astype(w1.dtype)
-            u = (((_rows(X, live_x, idx) - mx) @ w1) @ w2) * w
-            y = (_rows(Y, live_y, idx) - my) * sy * w
-            base, delta = _loo_block(terms, u, y - u @ b, 1.0 - (u * u).sum(1))
+            w = m[:, None].astype(c.w1.dtype)
+            u = (((_rows(X, live_x, idx) - c.mean_x) @ c.w1) @ c.w2) * w
+            y = (_rows(Y, live_y, idx) - c.mean_y) * c.scale_y * w
+            base, delta = _loo_block(terms, u, y - u @ c.b, 1.0 - (u * u).sum(1))
             (tb, cb), (td, cd) = carry
             return (_folds._kahan_add(tb, cb, base), _folds._kahan_add(td, cd, delta)), None
 
-        zb, zd = jnp.zeros((), w1.dtype), jnp.zeros(alphas.shape, w1.dtype)
+        zb, zd = jnp.zeros((), c.w1.dtype), jnp.zeros(alphas.shape, c.w1.dtype)
         ((base, _), (delta, _)), _ = jax.lax.scan(
             step, ((zb, zb), (zd, zd)), _train_blocks(index, mask, o)
         )
         return base, delta
 
-    return jax.lax.map(fold, (others, fold_consts))
+    return jax.lax.map(fold, (others, consts))
 
 
 @jax.jit
@@ -345,11 +361,11 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
             r1 = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
         except np.linalg.LinAlgError:
             return None
-        train.append((w.sum(), mean_x, sx, r1, mean_y, gxy, ssy))
-    if not all(np.isfinite(tr[3]).all() for tr in train):
-        return None
-    w1 = np.stack([_inv_upper(r1) / sx[:, None] for _, _, sx, r1, *_ in train])
+        if not np.isfinite(r1).all():
+            return None
+        train.append((w.sum(), mean_x, _inv_upper(r1) / sx[:, None], r1, mean_y, gxy, ssy))
     mean_x = np.stack([tr[1] for tr in train])
+    w1 = np.stack([tr[2] for tr in train])
     g2 = np.asarray(
         _q1_gram_pass(
             X,
@@ -362,28 +378,20 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         ),
         np.float64,
     )
-    consts = []
-    for k, (_, _, _, r1, mean_y, gxy, ssy) in enumerate(train):
+    consts, vts = [], []
+    for k, (_, mean_x_k, w1_k, r1, mean_y, gxy, ssy) in enumerate(train):
         if not (np.abs(g2[k] - np.eye(p)).max() < _MAX_Q1_ERROR):
             return None
         r2 = np.linalg.cholesky(g2[k]).T
         ur, s, vt = np.linalg.svd(r2 @ r1)
         w2 = _inv_upper(r2) @ ur
-        sy = 1.0 / np.sqrt(ssy)
-        b = (w1[k] @ w2).T @ (gxy * sy[None, :])  # U^T Y_std from the moments
-        consts.append((w2, mean_y, sy, b, s, vt))
-    stack = lambda i: jnp.asarray(np.stack([c[i] for c in consts]), dtype)  # noqa: E731
-    fold_consts = (
-        jnp.asarray(mean_x, dtype),
-        jnp.asarray(w1, dtype),
-        stack(0),
-        stack(1),
-        stack(2),
-        stack(3),
-        stack(4),
-    )
+        scale_y = 1.0 / np.sqrt(ssy)
+        b = (w1_k @ w2).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
+        consts.append(_StreamedFold(mean_x_k, w1_k, w2, mean_y, scale_y, b, s))
+        vts.append(vt)
+    stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *consts)
     alphas_d = jnp.asarray(alphas, dtype)
-    base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), fold_consts, alphas_d)
+    base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
     n_train = np.array([tr[0] for tr in train], dtype)
     delta = np.asarray(delta)
     best = np.argmin(delta, axis=1)
@@ -391,9 +399,9 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
 
     # Coefficients (float64) and the test Pearson r of every target.
     coef = []
-    for k, (_, _, _, b, s, vt) in enumerate(consts):
+    for k, (c, vt) in enumerate(zip(consts, vts, strict=True)):
         a = alphas[best[k]]
-        coef.append(vt.T @ ((s / (s * s + a))[:, None] * b))
+        coef.append(vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b))
     sums = np.asarray(
         _test_pass(
             X,
@@ -410,9 +418,9 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         np.float64,
     )
     n = m.count[:, None]
-    sp, sy_, spp, syy, spy = (sums[:, i] for i in range(5))
-    var_p, var_y = spp - sp * sp / n, syy - sy_ * sy_ / n
-    cov = spy - sp * sy_ / n
+    sp, sy, spp, syy, spy = (sums[:, i] for i in range(5))
+    var_p, var_y = spp - sp * sp / n, syy - sy * sy / n
+    cov = spy - sp * sy / n
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where((var_p > 0) & (var_y > 0), cov / np.sqrt(var_p * var_y), 0.0)
     return r.mean(1), best, loo, r
