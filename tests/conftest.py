@@ -12,8 +12,10 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
 
 - ``dict(args=..., cwd=..., env=..., timeout=...)``: a subprocess; the result is its
   ``subprocess.CompletedProcess`` (text output captured), whatever its exit status;
-- ``dict(notebook=..., cwd=..., out=..., env=...)``: a notebook executed top to bottom by nbclient
-  (kernel working directory ``cwd``), written to ``out``; the result as for ``args``;
+- ``dict(notebook=..., cwd=..., out=...)``: a notebook executed top to bottom by nbclient
+  (kernel working directory ``cwd``) with the notebooks' tiny settings
+  (``SUPERALIGN_NOTEBOOK_TINY=1``, the Agg backend, the repository on ``PYTHONPATH``), written to
+  ``out``; the result as for ``args``;
 - ``dict(call=...)``: a function of no arguments (it starts and watches subprocesses itself); the
   result is what it returns.
 
@@ -22,18 +24,23 @@ Each may also name jobs of the same module that must finish first: ``after=("nam
 A job is started only if a selected test uses the fixture of that name (directly or through other
 fixtures), or a parametrised fixture as ``name[param]``. The fixture collects it with
 ``background.result(__name__, name, spec, tmp_path_factory)``, which raises whatever running it
-raised; a job not started yet is run right there in the test's thread, so no test ever waits for
-more than its own work. Which thread runs a job changes nothing in it: the same commands,
-environments and working directories as in the test itself.
+raised (``background.completed`` also fails the test if the subprocess exited non-zero); a job
+not started yet is run right there in the test's thread, so no test ever waits for more than its
+own work. Which thread runs a job changes nothing in it: the same commands, environments and
+working directories as in the test itself.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Executes a notebook with nbclient as the tests did in-process, and writes the executed notebook.
 NOTEBOOK_RUNNER = """
@@ -58,9 +65,13 @@ class _Entry:
         self.after = job.pop("after", ())
         if "notebook" in job:
             args = [sys.executable, "-c", NOTEBOOK_RUNNER]
-            job = dict(
-                args=args + [str(job[k]) for k in ("notebook", "cwd", "out")], env=job["env"]
-            )
+            env = {
+                **os.environ,
+                "SUPERALIGN_NOTEBOOK_TINY": "1",
+                "MPLBACKEND": "Agg",
+                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            }
+            job = dict(args=args + [str(job[k]) for k in ("notebook", "cwd", "out")], env=env)
         self.job = job
         self.claimed = False  # started, by the worker or by a test
         self.done = threading.Event()
@@ -96,6 +107,12 @@ class Background:
         if entry.error is not None:
             raise entry.error
         return entry.info, entry.result
+
+    def completed(self, module: str, name: str, spec, factory):
+        """:meth:`result` of a subprocess job that must have exited with status 0."""
+        info, proc = self.result(module, name, spec, factory)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return info, proc
 
     def close(self) -> None:
         with self._lock:

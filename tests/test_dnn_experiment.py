@@ -124,8 +124,7 @@ BACKGROUND = {"aligned": _aligned_job, "killed": _killed_job, "two_devices": _tw
 @pytest.fixture(scope="module")
 def aligned(background, tmp_path_factory):
     """One tiny run of the whole experiment (it trains the models through dnn_train too)."""
-    out, proc = background.result(__name__, "aligned", _aligned_job, tmp_path_factory)
-    proc.check_returncode()
+    out, proc = background.completed(__name__, "aligned", _aligned_job, tmp_path_factory)
     return out, proc.stdout
 
 
@@ -140,8 +139,9 @@ def two_devices(background, tmp_path_factory):
     """Call it for ``(out, stdout)`` of training on two simulated CPU devices."""
 
     def wait():
-        out, proc = background.result(__name__, "two_devices", _two_devices_job, tmp_path_factory)
-        proc.check_returncode()
+        out, proc = background.completed(
+            __name__, "two_devices", _two_devices_job, tmp_path_factory
+        )
         return out, proc.stdout
 
     return wait
