@@ -29,9 +29,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 from tqdm.auto import tqdm
 
 from experiments import _io, toy_models
@@ -182,50 +179,6 @@ def live_units_all(name: str, X_all, folds: _folds.Folds) -> list[_folds.LiveUni
     return out
 
 
-def _masked_sinkhorn(cost, a_mask, b_mask, cfg: matching.SinkhornConfig):
-    """``superalign.matching``'s Sinkhorn plan over the live rows and columns of ``cost``.
-
-    The same schedule as ``matching._sinkhorn_plan`` (epsilon relative to the spread of the
-    live costs, warm-started stages, rounding onto the polytope), with zero marginal weight on
-    dead units instead of removing them, so every pair of a condition has one shape. ott-jax
-    gives zero-weight rows and columns a potential of -inf and a plan of exactly 0.
-
-    Args:
-      cost: ``[Na, Nb]``. a_mask: ``[Na]`` 1.0 for live rows. b_mask: ``[Nb]`` likewise.
-
-    Returns:
-      ``(plan [Na, Nb], converged)``.
-    """
-    a = a_mask / a_mask.sum()
-    b = b_mask / b_mask.sum()
-    live = a_mask[:, None] * b_mask[None, :]
-    n = live.sum()
-    mean = (cost * live).sum() / n
-    spread = jnp.maximum(jnp.sqrt((((cost - mean) * live) ** 2).sum() / n), 1e-6)
-    n_stages = max(1, int(np.ceil(np.log(cfg.epsilon) / np.log(cfg.ratio) - 1e-9)) + 1)
-    rel = np.maximum(cfg.ratio ** np.arange(n_stages), cfg.epsilon)
-    thresholds = np.full(n_stages, cfg.stage_threshold)
-    thresholds[-1] = cfg.threshold
-
-    def stage(potentials, schedule):
-        eps, threshold = schedule
-        solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=cfg.max_iterations)
-        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
-        out = solver(linear_problem.LinearProblem(geom, a, b), init=potentials)
-        return (out.f, out.g), out.converged
-
-    init = (jnp.zeros_like(a), jnp.zeros_like(b))
-    (f, g), converged = jax.lax.scan(
-        stage, init, (spread * jnp.asarray(rel, cost.dtype), jnp.asarray(thresholds, cost.dtype))
-    )
-    plan = geometry.Geometry(cost_matrix=cost, epsilon=spread * rel[-1]).transport_from_potentials(
-        f, g
-    )
-    plan = matching.round_to_polytope(jnp.maximum(plan, 0.0), a, b)
-    ok = converged[-1] & jnp.all(jnp.isfinite(plan))
-    return jnp.where(jnp.isfinite(plan), plan, 0.0), ok
-
-
 @partial(jax.jit, static_argnames=("cfg", "pair_batch"))
 def _matching_pairs(X, Y, src, tgt, mask_x, mask_y, index, mask, cfg, pair_batch):
     """Soft- and semi-matching (direction "target") of every pair from one set of moments."""
@@ -239,7 +192,7 @@ def _matching_pairs(X, Y, src, tgt, mask_x, mask_y, index, mask, cfg, pair_batch
 
         def fold(k):
             train, test = _folds.fold_correlations(moments, k)
-            plan, converged = _masked_sinkhorn(1.0 - train, mx, my, cfg)
+            plan, converged, _, _ = matching._sinkhorn_plan(1.0 - train, cfg, mx, my)
             best = jnp.argmax(jnp.where(mx[:, None] > 0, train, -jnp.inf), axis=0)
             semi = jnp.take_along_axis(test, best[None, :], axis=0)[0]
             return (plan * test).sum(), converged, (semi * my).sum() / my.sum()
