@@ -251,6 +251,8 @@ def fold_moments(
     index,
     mask,
     with_gram_x: bool = False,
+    keep_x: jax.Array | None = None,
+    keep_y: jax.Array | None = None,
 ) -> FoldMoments:
     """Per-part centred moments of the live columns of X and Y, in row blocks.
 
@@ -262,6 +264,11 @@ def fold_moments(
       index: [K, n_blocks, B] row indices of every part (``Folds.index``).
       mask: [K, n_blocks, B] real-row mask (``Folds.mask``).
       with_gram_x: also accumulate X^T X per part (``FoldMoments.gram_x``).
+      keep_x: [Na] optional 1.0/0.0 weight of every gathered column of X; a column with weight 0
+        is treated as all zero (its moments are 0, its correlations 0). With ``live_x`` padded
+        to a fixed width and ``keep_x`` zero on the padding, the shapes (and so the compiled
+        code) depend on the input widths only, not on how many units are dead.
+      keep_y: [Nb] the same for Y.
 
     Returns:
       A :class:`FoldMoments` for the kept columns.
@@ -273,7 +280,12 @@ def fold_moments(
 
     def rows(idx, m):
         w = m[..., None].astype(dtype)
-        return X[idx][..., live_x] * w, Y[idx][..., live_y] * w, w
+        x, y = X[idx][..., live_x] * w, Y[idx][..., live_y] * w
+        if keep_x is not None:
+            x = x * keep_x.astype(dtype)
+        if keep_y is not None:
+            y = y * keep_y.astype(dtype)
+        return x, y, w
 
     def sum_step(carry, block):
         (sx, cx), (sy, cy) = carry
@@ -386,13 +398,41 @@ def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
     return Prepared(X, Y, folds, units_x, units_y)
 
 
+def padded_live(live: np.ndarray, width: int) -> tuple[jax.Array, jax.Array]:
+    """The live columns padded to ``width``: ``(index [width] int32, keep [width] float32)``.
+
+    The live columns come first, in order; the padding repeats column 0 with weight 0. Metrics
+    computed on these have one shape per input width (one compile), and the first
+    ``len(live)`` rows/columns of their results are the live units.
+    """
+    n = len(live)
+    index = np.zeros(width, np.int32)
+    index[:n] = live
+    keep = np.zeros(width, np.float32)
+    keep[:n] = 1.0
+    return jnp.asarray(index), jnp.asarray(keep)
+
+
 def moments_of(p: Prepared) -> FoldMoments:
-    """Per-part moments of the live columns of a prepared pair, in blocks sized for memory."""
-    width = len(p.units_x.live) + len(p.units_y.live)
-    block = block_rows_for(len(p.folds.sizes), width, int(p.folds.sizes.max()))
+    """Per-part moments of a prepared pair at the full input widths, dead columns zeroed.
+
+    Row ``i`` / column ``j`` of the result is live unit ``i`` of X / ``j`` of Y for
+    ``i < len(p.units_x.live)``, ``j < len(p.units_y.live)``; the rest is zero padding (see
+    :func:`padded_live`). Row blocks are sized for memory.
+    """
+    na, nb = p.X.shape[1], p.Y.shape[1]
+    block = block_rows_for(len(p.folds.sizes), na + nb, int(p.folds.sizes.max()))
+    live_x, keep_x = padded_live(p.units_x.live, na)
+    live_y, keep_y = padded_live(p.units_y.live, nb)
     return fold_moments(
-        p.X, p.Y, jnp.asarray(p.units_x.live), jnp.asarray(p.units_y.live), *blocked(p.folds, block)
+        p.X, p.Y, live_x, live_y, *blocked(p.folds, block), keep_x=keep_x, keep_y=keep_y
     )
+
+
+def keep_masks(p: Prepared) -> tuple[jax.Array, jax.Array]:
+    """[Na], [Nb] weights of the columns of :func:`moments_of` (1.0 live, 0.0 padding)."""
+    keep_x = padded_live(p.units_x.live, p.X.shape[1])[1]
+    return keep_x, padded_live(p.units_y.live, p.Y.shape[1])[1]
 
 
 def summary(scores) -> tuple[np.ndarray, float, float]:

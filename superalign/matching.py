@@ -104,14 +104,19 @@ class PermutationResult(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("direction",))
-def _semi(moments: _folds.FoldMoments, direction: str):
+def _semi(moments: _folds.FoldMoments, direction: str, keep_x, keep_y):
+    """Per fold the score and every target's best source; padding columns (keep 0) excluded."""
+    if direction == "source":
+        keep_x, keep_y = keep_y, keep_x
+
     def fold(k):
         train, test = _folds.fold_correlations(moments, k)
         if direction == "source":
             train, test = train.T, test.T
-        best = jnp.argmax(train, axis=0)  # per target unit, its best source unit
-        score = jnp.take_along_axis(test, best[None, :], axis=0)[0].mean()
-        return score, best
+        # per target unit, its best live source unit
+        best = jnp.argmax(jnp.where(keep_x[:, None] > 0, train, -jnp.inf), axis=0)
+        matched = jnp.take_along_axis(test, best[None, :], axis=0)[0]
+        return (matched * keep_y).sum() / keep_y.sum(), best
 
     return jax.lax.map(fold, jnp.arange(moments.count.shape[0]))
 
@@ -152,15 +157,16 @@ def _check_direction(direction):
 
 
 def _semi_result(p: _folds.Prepared, moments, direction) -> SemiMatchingResult:
-    scores, best = _semi(moments, direction)
+    scores, best = _semi(moments, direction, *_folds.keep_masks(p))
     partners, matched = (
         (p.units_x.live, p.units_y.live)
         if direction == "target"
         else (p.units_y.live, p.units_x.live)
     )
+    best = np.asarray(best)[:, : len(matched)]  # the live targets; padding comes last
     folds, mean, sem = _folds.summary(scores)
     return SemiMatchingResult(
-        folds, mean, sem, partners[np.asarray(best)], matched, p.units_x.dead, p.units_y.dead
+        folds, mean, sem, partners[best], matched, p.units_x.dead, p.units_y.dead
     )
 
 
@@ -327,13 +333,19 @@ def _check_config(cfg: SinkhornConfig) -> SinkhornConfig:
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _soft(moments: _folds.FoldMoments, cfg: SinkhornConfig):
+def _soft(moments: _folds.FoldMoments, cfg: SinkhornConfig, keep_x, keep_y):
     def fold(k):
         train, test = _folds.fold_correlations(moments, k)
-        plan, converged, n_iters, error = _sinkhorn_plan(1.0 - train, cfg)
+        plan, converged, n_iters, error = _sinkhorn_plan(1.0 - train, cfg, keep_x, keep_y)
         return (plan * test).sum(), (plan * train).sum(), plan, converged, n_iters, error
 
     return jax.lax.map(fold, jnp.arange(moments.count.shape[0]))
+
+
+def _live_correlations(p: _folds.Prepared, moments):
+    """Train and test correlations of the live units, [K, na, nb] each, float64 (host)."""
+    na, nb = len(p.units_x.live), len(p.units_y.live)
+    return (np.asarray(a[:, :na, :nb], dtype=np.float64) for a in _correlation_stack(moments))
 
 
 @jax.jit
@@ -444,15 +456,16 @@ def _check_solver(solver):
 def _soft_result(p: _folds.Prepared, moments, solver, cfg) -> SoftMatchingResult:
     k = len(p.folds.sizes)
     if solver == "exact":
-        trains, tests = (np.asarray(a, dtype=np.float64) for a in _correlation_stack(moments))
+        trains, tests = _live_correlations(p, moments)
         plans = np.stack([exact_plan(t) for t in trains])
         scores = (plans * tests).sum(axis=(1, 2))
         train_scores = (plans * trains).sum(axis=(1, 2))
         converged, n_iters, errors = np.ones(k, bool), np.zeros(k, int), np.zeros(k)
     else:
         scores, train_scores, plans, converged, n_iters, errors = (
-            np.asarray(a) for a in _soft(moments, cfg)
+            np.asarray(a) for a in _soft(moments, cfg, *_folds.keep_masks(p))
         )
+        plans = plans[:, : len(p.units_x.live), : len(p.units_y.live)]
         if not converged.all():
             warnings.warn(
                 f"soft_matching: Sinkhorn did not reach threshold {cfg.threshold} within "
@@ -496,9 +509,7 @@ def permutation_score(X, Y, *, n_folds: int = 5, seed: int = 0) -> PermutationRe
     from scipy.optimize import linear_sum_assignment
 
     p = _folds.prepare(X, Y, n_folds, seed)
-    trains, tests = (
-        np.asarray(a, dtype=np.float64) for a in _correlation_stack(_folds.moments_of(p))
-    )
+    trains, tests = _live_correlations(p, _folds.moments_of(p))
     pairs = [linear_sum_assignment(t, maximize=True) for t in trains]
     scores = [test[r, c].mean() for test, (r, c) in zip(tests, pairs, strict=True)]
     folds, mean, sem = _folds.summary(scores)

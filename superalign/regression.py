@@ -336,16 +336,42 @@ def _inv_upper(r):
     return np.linalg.solve(r, np.eye(r.shape[0]))
 
 
+def _embed(a, shape, fill=0.0):
+    """``a`` in the leading corner of an array of ``shape`` filled with ``fill``."""
+    out = np.full(shape, fill, dtype=np.float64)
+    out[tuple(slice(0, n) for n in np.shape(a))] = a
+    return out
+
+
 def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
-    """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned."""
+    """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
+
+    The device passes run at the full input widths (the live columns first, then zero-weight
+    padding: ``folds.padded_live``), so their compiled code depends on the input shapes only;
+    the host algebra runs on the live block, and its constants are embedded with zeros (unit
+    singular values) on the padding, which then adds nothing to any sum.
+    """
     n_folds, p, t = len(folds.sizes), len(live_x), len(live_y)
-    block = _loo_block_rows(len(alphas), t)
+    width_x, width_y = X.shape[1], Y.shape[1]
+    block = _loo_block_rows(len(alphas), width_y)
     index, mask = _folds.blocked(folds, block)
-    lx, ly = jnp.asarray(live_x), jnp.asarray(live_y)
-    m = _folds.fold_moments(X, Y, lx, ly, index, mask, with_gram_x=True)
+    lx, kx = _folds.padded_live(live_x, width_x)
+    ly, ky = _folds.padded_live(live_y, width_y)
+    m = _folds.fold_moments(X, Y, lx, ly, index, mask, with_gram_x=True, keep_x=kx, keep_y=ky)
     m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in m))
+    full_mean_x, full_mean_y, full_ss_x = m.mean_x, m.mean_y, m.ss_x
+    m = _folds.FoldMoments(  # the live block
+        m.count,
+        m.mean_x[:, :p],
+        m.mean_y[:, :t],
+        m.ss_x[:, :p],
+        m.ss_y[:, :t],
+        m.cross[:, :p, :t],
+        m.gram_x[:, :p, :p],
+    )
     others = np.array([[j for j in range(n_folds) if j != k] for k in range(n_folds)])
     dtype = X.dtype
+    sq_x, sq_xy = (width_x, width_x), (width_x, width_y)
 
     # Train statistics and the first Cholesky factor of every fold (host, float64).
     train = []
@@ -364,8 +390,8 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         if not np.isfinite(r1).all():
             return None
         train.append((w.sum(), mean_x, _inv_upper(r1) / sx[:, None], r1, mean_y, gxy, ssy))
-    mean_x = np.stack([tr[1] for tr in train])
-    w1 = np.stack([tr[2] for tr in train])
+    mean_x = np.stack([_embed(tr[1], width_x) for tr in train])
+    w1 = np.stack([_embed(tr[2], sq_x) for tr in train])
     g2 = np.asarray(
         _q1_gram_pass(
             X,
@@ -377,7 +403,7 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
             jnp.asarray(w1, dtype),
         ),
         np.float64,
-    )
+    )[:, :p, :p]
     consts, vts = [], []
     for k, (_, mean_x_k, w1_k, r1, mean_y, gxy, ssy) in enumerate(train):
         if not (np.abs(g2[k] - np.eye(p)).max() < _MAX_Q1_ERROR):
@@ -389,7 +415,19 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         b = (w1_k @ w2).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
         consts.append(_StreamedFold(mean_x_k, w1_k, w2, mean_y, scale_y, b, s))
         vts.append(vt)
-    stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *consts)
+    padded = [
+        _StreamedFold(
+            _embed(c.mean_x, width_x),
+            _embed(c.w1, sq_x),
+            _embed(c.w2, sq_x),
+            _embed(c.mean_y, width_y),
+            _embed(c.scale_y, width_y),
+            _embed(c.b, sq_xy),
+            _embed(c.s, width_x, fill=1.0),
+        )
+        for c in consts
+    ]
+    stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
     alphas_d = jnp.asarray(alphas, dtype)
     base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
     n_train = np.array([tr[0] for tr in train], dtype)
@@ -401,7 +439,9 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     coef = []
     for k, (c, vt) in enumerate(zip(consts, vts, strict=True)):
         a = alphas[best[k]]
-        coef.append(vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b))
+        coef.append(_embed(vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b), sq_xy))
+    with np.errstate(divide="ignore"):
+        scale_x = np.where(full_ss_x > 0, 1.0 / np.sqrt(full_ss_x), 0.0)
     sums = np.asarray(
         _test_pass(
             X,
@@ -410,13 +450,13 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
             ly,
             index,
             mask,
-            jnp.asarray(m.mean_x, dtype),
-            jnp.asarray(1.0 / np.sqrt(m.ss_x), dtype),
+            jnp.asarray(full_mean_x, dtype),
+            jnp.asarray(scale_x, dtype),
             jnp.asarray(np.stack(coef), dtype),
-            jnp.asarray(m.mean_y, dtype),
+            jnp.asarray(full_mean_y, dtype),
         ),
         np.float64,
-    )
+    )[:, :, :t]
     n = m.count[:, None]
     sp, sy, spp, syy, spy = (sums[:, i] for i in range(5))
     var_p, var_y = spp - sp * sp / n, syy - sy * sy / n

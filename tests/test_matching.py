@@ -177,6 +177,17 @@ def test_non_convergence_is_reported_and_warned():
     np.testing.assert_allclose(result.plans.sum(2), 1 / 40, rtol=1e-3)
 
 
+def test_dead_units_do_not_change_the_compiled_shapes():
+    """Matching compiles once per input widths, whatever the number of dead units."""
+    X, Y = _random(1000, 30, 20, seed=13)
+    superalign.soft_and_semi_matching(X, Y)
+    before = matching._soft._cache_size(), matching._semi._cache_size()
+    X[:, [2, 5]] = 0.0
+    soft, semi = superalign.soft_and_semi_matching(X, Y)
+    assert list(soft.dead_x) == [2, 5] and soft.plans.shape[1:] == (28, 20)
+    assert (matching._soft._cache_size(), matching._semi._cache_size()) == before
+
+
 def test_round_to_polytope_gives_exact_marginals():
     rng = np.random.default_rng(9)
     plan = rng.uniform(size=(30, 20)) / 600

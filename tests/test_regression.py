@@ -97,6 +97,41 @@ def test_unpredictable_target_scores_without_nan():
     assert abs(result.mean) < 0.2
 
 
+def test_streamed_ridge_with_dead_units_matches_sklearn():
+    """Dead units on the streamed path: its passes run at the full widths with zero padding."""
+    X, Y = _latent_data(2003, 20, 6, seed=4, collinear=False)
+    X[:, 4] = 0.0
+    Y[KFold(5, shuffle=True, random_state=1).split(X).__next__()[1], 2] = 0.0
+    p = folds.prepare(X, Y, 5, 1)
+    assert (
+        regression._ridge_streamed(
+            p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, regression.DEFAULT_ALPHAS
+        )
+        is not None
+    )
+    result = superalign.ridge_regression(X, Y, seed=1)
+    np.testing.assert_array_equal(result.dead_x, [4])
+    np.testing.assert_array_equal(result.dead_y, [2])
+    chosen, scores = _sklearn_loop(
+        np.delete(X, 4, 1), np.delete(Y, 2, 1), regression.DEFAULT_ALPHAS, seed=1
+    )
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-4)
+
+
+def test_dead_units_do_not_change_the_compiled_shapes():
+    """The streamed passes compile once per input widths, whatever the number of dead units."""
+    X, Y = _latent_data(2003, 20, 6, seed=5, collinear=False)
+    superalign.ridge_regression(X, Y)
+    before = regression._loo_pass._cache_size(), regression._test_pass._cache_size()
+    X[:, [3, 7]] = 0.0
+    Y[:, 1] = 0.0
+    result = superalign.ridge_regression(X, Y)
+    assert len(result.dead_x) == 2 and len(result.dead_y) == 1
+    after = regression._loo_pass._cache_size(), regression._test_pass._cache_size()
+    assert after == before
+
+
 def test_second_call_does_not_recompile():
     X, Y = _latent_data(500, 10, 4, seed=6)
     superalign.ridge_regression(X, Y)
