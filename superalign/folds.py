@@ -274,63 +274,63 @@ def fold_moments(
       A :class:`FoldMoments` for the kept columns.
     """
     dtype = X.dtype
-    blocks = (jnp.swapaxes(index, 0, 1), jnp.swapaxes(mask, 0, 1))
-    k = index.shape[0]
+    hi = jax.lax.Precision.HIGHEST
     na, nb = live_x.shape[0], live_y.shape[0]
 
     def rows(idx, m):
-        w = m[..., None].astype(dtype)
-        x, y = X[idx][..., live_x] * w, Y[idx][..., live_y] * w
+        w = m[:, None].astype(dtype)
+        x, y = X[idx][:, live_x] * w, Y[idx][:, live_y] * w
         if keep_x is not None:
             x = x * keep_x.astype(dtype)
         if keep_y is not None:
             y = y * keep_y.astype(dtype)
         return x, y, w
 
-    def sum_step(carry, block):
-        (sx, cx), (sy, cy) = carry
-        x, y, _ = rows(*block)
-        return (_kahan_add(sx, cx, x.sum(1)), _kahan_add(sy, cy, y.sum(1))), None
+    def part(blocks):
+        """Moments of one part from its row blocks ([n_blocks, B] indices and mask)."""
 
-    zx, zy = jnp.zeros((k, na), dtype), jnp.zeros((k, nb), dtype)
-    ((sx, _), (sy, _)), _ = jax.lax.scan(sum_step, ((zx, zx), (zy, zy)), blocks)
-    count = mask.sum(axis=(1, 2)).astype(dtype)
-    mx = sx / count[:, None]
-    my = sy / count[:, None]
+        def sum_step(carry, block):
+            (sx, cx), (sy, cy) = carry
+            x, y, _ = rows(*block)
+            return (_kahan_add(sx, cx, x.sum(0)), _kahan_add(sy, cy, y.sum(0))), None
 
-    def moment_step(carry, block):
-        x, y, w = rows(*block)
-        x = (x - mx[:, None, :]) * w
-        y = (y - my[:, None, :]) * w
-        hi = jax.lax.Precision.HIGHEST
-        values = [
-            x.sum(1),
-            y.sum(1),
-            (x * x).sum(1),
-            (y * y).sum(1),
-            jnp.einsum("kbi,kbj->kij", x, y, precision=hi),
+        zx, zy = jnp.zeros((na,), dtype), jnp.zeros((nb,), dtype)
+        ((sx, _), (sy, _)), _ = jax.lax.scan(sum_step, ((zx, zx), (zy, zy)), blocks)
+        count = blocks[1].sum().astype(dtype)
+        mx, my = sx / count, sy / count
+
+        def moment_step(carry, block):
+            x, y, w = rows(*block)
+            x = (x - mx) * w
+            y = (y - my) * w
+            values = [x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0)]
+            values.append(jnp.matmul(x.T, y, precision=hi))
+            if with_gram_x:
+                values.append(jnp.matmul(x.T, x, precision=hi))
+            new = [_kahan_add(acc, comp, v) for (acc, comp), v in zip(carry, values, strict=True)]
+            return tuple(new), None
+
+        zeros = [zx, zy, zx, zy, jnp.zeros((na, nb), dtype)]
+        if with_gram_x:
+            zeros.append(jnp.zeros((na, na), dtype))
+        acc, _ = jax.lax.scan(moment_step, tuple((z, z) for z in zeros), blocks)
+        (dx, _), (dy, _), (qx, _), (qy, _), (qxy, _) = acc[:5]
+        # Second pass of the two-pass mean: remove what the first mean missed.
+        out = [
+            count,
+            mx + dx / count,
+            my + dy / count,
+            qx - dx * dx / count,
+            qy - dy * dy / count,
+            qxy - jnp.outer(dx, dy) / count,
         ]
         if with_gram_x:
-            values.append(jnp.einsum("kbi,kbj->kij", x, x, precision=hi))
-        new = [_kahan_add(acc, comp, v) for (acc, comp), v in zip(carry, values, strict=True)]
-        return tuple(new), None
+            out.append(acc[5][0] - jnp.outer(dx, dx) / count)
+        return tuple(out)
 
-    zeros = [zx, zy, zx, zy, jnp.zeros((k, na, nb), dtype)]
-    if with_gram_x:
-        zeros.append(jnp.zeros((k, na, na), dtype))
-    init = tuple((z, z) for z in zeros)
-    acc, _ = jax.lax.scan(moment_step, init, blocks)
-    (dx, _), (dy, _), (qx, _), (qy, _), (qxy, _) = acc[:5]
-    # Second pass of the two-pass mean: remove what the first mean missed.
-    ss_x = qx - dx * dx / count[:, None]
-    ss_y = qy - dy * dy / count[:, None]
-    cross = qxy - dx[:, :, None] * dy[:, None, :] / count[:, None, None]
-    gram_x = None
-    if with_gram_x:
-        gram_x = acc[5][0] - dx[:, :, None] * dx[:, None, :] / count[:, None, None]
-    return FoldMoments(
-        count, mx + dx / count[:, None], my + dy / count[:, None], ss_x, ss_y, cross, gram_x
-    )
+    # One part at a time: the accumulators are [Na, Nb], not [K, Na, Nb].
+    out = jax.lax.map(part, (index, mask))
+    return FoldMoments(*out[:6], out[6] if with_gram_x else None)
 
 
 def _safe_rsqrt(ss):

@@ -60,7 +60,8 @@ class SoftMatchingResult(NamedTuple):
       mean: mean over folds.
       sem: standard error over folds.
       plans: [K, Na, Nb] transport plan per fold over the live units (rows: live columns of X,
-        columns: live columns of Y), rounded onto the polytope (rows sum to 1/Na, columns 1/Nb).
+        columns: live columns of Y), rounded onto the polytope (rows sum to 1/Na, columns 1/Nb);
+        None when called with ``keep_plans=False``.
       converged: [K] whether the solver met its threshold on every fold.
       n_iterations: [K] Sinkhorn iterations per fold (0 for the exact solver).
       marginal_error: [K] L1 error of the marginals of the unrounded plan (0 for exact).
@@ -72,7 +73,7 @@ class SoftMatchingResult(NamedTuple):
     folds: np.ndarray
     mean: float
     sem: float
-    plans: np.ndarray
+    plans: np.ndarray | None
     converged: np.ndarray
     n_iterations: np.ndarray
     marginal_error: np.ndarray
@@ -220,7 +221,7 @@ class SinkhornConfig(NamedTuple):
     ratio: float = 0.3
     threshold: float = 1e-3
     stage_threshold: float = 1e-2
-    max_iterations: int = 5000
+    max_iterations: int = 20_000
     momentum_start: int = 0
     lse_mode: bool = False
 
@@ -238,6 +239,9 @@ class _KernelGeometry(geometry.Geometry):
         del eps  # fixed epsilon: no rescaling of the kernel
         kernel = self._kernel_matrix
         return kernel @ vec if axis == 1 else vec @ kernel
+
+
+_ABSORB_EVERY = 200  # kernel mode: iterations between two absorptions of the scalings
 
 
 def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=None):
@@ -273,28 +277,47 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
         kwargs["momentum"] = acceleration.Momentum(start=cfg.momentum_start)
     big = jnp.asarray(jnp.finfo(cost.dtype).max, cost.dtype)
 
+    def absorbed(f, g, df, dg):
+        # Dead units have potential -inf (zero scaling); keep them at 0 so costs stay finite.
+        return jnp.where(a_live > 0, f + df, 0.0), jnp.where(b_live > 0, g + dg, 0.0)
+
+    def kernel_chunk(state, eps, threshold):
+        """Up to ``_ABSORB_EVERY`` multiplicative iterations on the reduced cost."""
+        f, g, n_iters, _ = state
+        reduced = jnp.where(live, cost - f[:, None] - g[None, :], big)
+        row = jnp.where(a_live > 0, reduced.min(1), 0.0)
+        reduced = reduced - row[:, None]
+        col = jnp.where(b_live > 0, reduced.min(0), 0.0)
+        reduced = reduced - col[None, :]
+        kernel = jnp.where(live, jnp.exp(-reduced / eps), 0.0)
+        geom = _KernelGeometry(kernel_matrix=kernel, epsilon=eps)
+        solver = sinkhorn.Sinkhorn(
+            threshold=threshold, max_iterations=min(_ABSORB_EVERY, cfg.max_iterations), **kwargs
+        )
+        out = solver(linear_problem.LinearProblem(geom, a, b))
+        f, g = absorbed(f, g, row + out.f, col + out.g)
+        return f, g, n_iters + out.n_iters, out.converged
+
     def stage(potentials, schedule):
         f, g = potentials
         eps, threshold = schedule
-        solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=cfg.max_iterations, **kwargs)
         if cfg.lse_mode:
+            solver = sinkhorn.Sinkhorn(
+                threshold=threshold, max_iterations=cfg.max_iterations, **kwargs
+            )
             geom = geometry.Geometry(cost_matrix=jnp.where(live, cost, 0.0), epsilon=eps)
             out = solver(linear_problem.LinearProblem(geom, a, b), init=(f, g))
-            df, dg = out.f - f, out.g - g
-        else:
-            reduced = jnp.where(live, cost - f[:, None] - g[None, :], big)
-            row = jnp.where(a_live > 0, reduced.min(1), 0.0)
-            reduced = reduced - row[:, None]
-            col = jnp.where(b_live > 0, reduced.min(0), 0.0)
-            reduced = reduced - col[None, :]
-            kernel = jnp.where(live, jnp.exp(-reduced / eps), 0.0)
-            geom = _KernelGeometry(kernel_matrix=kernel, epsilon=eps)
-            out = solver(linear_problem.LinearProblem(geom, a, b))
-            df, dg = row + out.f, col + out.g
-        # Dead units have potential -inf (zero scaling); keep them at 0 so costs stay finite.
-        f = jnp.where(a_live > 0, f + df, 0.0)
-        g = jnp.where(b_live > 0, g + dg, 0.0)
-        return (f, g), (out.n_iters, out.converged)
+            f, g = absorbed(f, g, out.f - f, out.g - g)
+            return (f, g), (out.n_iters, out.converged)
+        # The scalings are folded back into the potentials every _ABSORB_EVERY iterations, so
+        # they stay near 1 and cannot overflow however far the potentials move (stabilised
+        # scaling, Schmitzer 2019).
+        f, g, n_iters, converged = jax.lax.while_loop(
+            lambda s: ~s[3] & (s[2] < cfg.max_iterations),
+            lambda s: kernel_chunk(s, eps, threshold),
+            (f, g, jnp.zeros((), jnp.int32), jnp.zeros((), bool)),
+        )
+        return (f, g), (n_iters, converged)
 
     init = (jnp.zeros((na,), cost.dtype), jnp.zeros((nb,), cost.dtype))
     (f, g), (n_iters, converged) = jax.lax.scan(
@@ -332,27 +355,30 @@ def _check_config(cfg: SinkhornConfig) -> SinkhornConfig:
     return cfg
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def _soft(moments: _folds.FoldMoments, cfg: SinkhornConfig, keep_x, keep_y):
+@partial(jax.jit, static_argnames=("cfg", "keep_plans"))
+def _soft(moments: _folds.FoldMoments, cfg: SinkhornConfig, keep_x, keep_y, keep_plans=True):
+    # Folds in sequence (lax.map): one fold's [Na, Nb] temporaries at a time.
     def fold(k):
         train, test = _folds.fold_correlations(moments, k)
         plan, converged, n_iters, error = _sinkhorn_plan(1.0 - train, cfg, keep_x, keep_y)
-        return (plan * test).sum(), (plan * train).sum(), plan, converged, n_iters, error
+        kept = plan if keep_plans else None
+        return (plan * test).sum(), (plan * train).sum(), kept, converged, n_iters, error
 
     return jax.lax.map(fold, jnp.arange(moments.count.shape[0]))
 
 
 def _live_correlations(p: _folds.Prepared, moments):
-    """Train and test correlations of the live units, [K, na, nb] each, float64 (host)."""
+    """Per fold, the train and test correlations of the live units ([na, nb] float64, host).
+
+    A generator: one fold's matrices at a time.
+    """
     na, nb = len(p.units_x.live), len(p.units_y.live)
-    return (np.asarray(a[:, :na, :nb], dtype=np.float64) for a in _correlation_stack(moments))
+    for k in range(len(p.folds.sizes)):
+        train, test = _fold_correlations(moments, k)
+        yield (np.asarray(a[:na, :nb], dtype=np.float64) for a in (train, test))
 
 
-@jax.jit
-def _correlation_stack(moments: _folds.FoldMoments):
-    return jax.lax.map(
-        lambda k: _folds.fold_correlations(moments, k), jnp.arange(moments.count.shape[0])
-    )
+_fold_correlations = jax.jit(_folds.fold_correlations)
 
 
 def exact_plan(train: np.ndarray) -> np.ndarray:
@@ -395,6 +421,7 @@ def soft_matching(
     seed: int = 0,
     solver: Literal["sinkhorn", "exact"] = "sinkhorn",
     config: SinkhornConfig | None = None,
+    keep_plans: bool = True,
 ) -> SoftMatchingResult:
     """Cross-validated soft-matching correlation score (paper eq. 1).
 
@@ -409,6 +436,9 @@ def soft_matching(
       solver: "sinkhorn" (ott-jax, all folds in one jit) or "exact" (scipy's
         ``linear_sum_assignment`` for equal sizes, POT's ``ot.emd`` otherwise; host code).
       config: Sinkhorn settings (:class:`SinkhornConfig`); None for the defaults.
+      keep_plans: return every fold's plan (``[K, Na, Nb]`` float32, 4 K bytes per unit pair);
+        False keeps only the scores, so a fold's plan is freed before the next fold starts (for
+        populations of tens of thousands of units; see the memory model in the README).
 
     Returns:
       A :class:`SoftMatchingResult`. If Sinkhorn did not converge on some fold the result says
@@ -416,8 +446,9 @@ def soft_matching(
     """
     _check_solver(solver)
     cfg = _check_config(SinkhornConfig() if config is None else config)
+    _check_keep_plans(keep_plans)
     p = _folds.prepare(X, Y, n_folds, seed)
-    return _soft_result(p, _folds.moments_of(p), solver, cfg)
+    return _soft_result(p, _folds.moments_of(p), solver, cfg, keep_plans)
 
 
 def soft_and_semi_matching(
@@ -429,6 +460,7 @@ def soft_and_semi_matching(
     solver: Literal["sinkhorn", "exact"] = "sinkhorn",
     config: SinkhornConfig | None = None,
     direction: Literal["target", "source"] = "target",
+    keep_plans: bool = True,
 ) -> tuple[SoftMatchingResult, SemiMatchingResult]:
     """:func:`soft_matching` and :func:`semi_matching` of the same pair from one pass over the rows.
 
@@ -443,9 +475,15 @@ def soft_and_semi_matching(
     _check_solver(solver)
     _check_direction(direction)
     cfg = _check_config(SinkhornConfig() if config is None else config)
+    _check_keep_plans(keep_plans)
     p = _folds.prepare(X, Y, n_folds, seed)
     moments = _folds.moments_of(p)
-    return _soft_result(p, moments, solver, cfg), _semi_result(p, moments, direction)
+    return _soft_result(p, moments, solver, cfg, keep_plans), _semi_result(p, moments, direction)
+
+
+def _check_keep_plans(keep_plans):
+    if not isinstance(keep_plans, bool):
+        raise ValueError(f"keep_plans must be True or False, got {keep_plans!r}")
 
 
 def _check_solver(solver):
@@ -453,19 +491,26 @@ def _check_solver(solver):
         raise ValueError(f"solver must be 'sinkhorn' or 'exact', got {solver!r}")
 
 
-def _soft_result(p: _folds.Prepared, moments, solver, cfg) -> SoftMatchingResult:
+def _soft_result(p: _folds.Prepared, moments, solver, cfg, keep_plans=True) -> SoftMatchingResult:
     k = len(p.folds.sizes)
     if solver == "exact":
-        trains, tests = _live_correlations(p, moments)
-        plans = np.stack([exact_plan(t) for t in trains])
-        scores = (plans * tests).sum(axis=(1, 2))
-        train_scores = (plans * trains).sum(axis=(1, 2))
+        plans, scores, train_scores = [], [], []
+        for train, test in _live_correlations(p, moments):  # one fold at a time
+            plan = exact_plan(train)
+            scores.append((plan * test).sum())
+            train_scores.append((plan * train).sum())
+            if keep_plans:
+                plans.append(plan)
+            del plan, train, test
+        plans = np.stack(plans) if keep_plans else None
         converged, n_iters, errors = np.ones(k, bool), np.zeros(k, int), np.zeros(k)
     else:
         scores, train_scores, plans, converged, n_iters, errors = (
-            np.asarray(a) for a in _soft(moments, cfg, *_folds.keep_masks(p))
+            None if a is None else np.asarray(a)
+            for a in _soft(moments, cfg, *_folds.keep_masks(p), keep_plans=keep_plans)
         )
-        plans = plans[:, : len(p.units_x.live), : len(p.units_y.live)]
+        if keep_plans:
+            plans = plans[:, : len(p.units_x.live), : len(p.units_y.live)]
         if not converged.all():
             warnings.warn(
                 f"soft_matching: Sinkhorn did not reach threshold {cfg.threshold} within "
@@ -509,9 +554,11 @@ def permutation_score(X, Y, *, n_folds: int = 5, seed: int = 0) -> PermutationRe
     from scipy.optimize import linear_sum_assignment
 
     p = _folds.prepare(X, Y, n_folds, seed)
-    trains, tests = _live_correlations(p, _folds.moments_of(p))
-    pairs = [linear_sum_assignment(t, maximize=True) for t in trains]
-    scores = [test[r, c].mean() for test, (r, c) in zip(tests, pairs, strict=True)]
+    pairs, scores = [], []
+    for train, test in _live_correlations(p, _folds.moments_of(p)):
+        r, c = linear_sum_assignment(train, maximize=True)
+        pairs.append((r, c))
+        scores.append(test[r, c].mean())
     folds, mean, sem = _folds.summary(scores)
     rows = np.stack([p.units_x.live[r] for r, _ in pairs])
     cols = np.stack([p.units_y.live[c] for _, c in pairs])
