@@ -7,12 +7,12 @@
 Per size N, one compiled call each: all 2 x n_pairs toy models (the seed axis split over the
 device mesh, :func:`superalign.toy.make_sharded_train`), then the SAEs of every (seed, k) on
 the same rows (k a vmap axis, compiled once at the largest k), then the held-out activations.
-Alignment is computed for every pair (2p -> 2p + 1) with the protocol and the library code of
-``experiments.toy_models`` (soft- and semi-matching share one set of fold moments), vectorised
-over pairs: pairs with the same numbers of live units are one ``lax.map`` (vmapped in batches of
-``pair_batch``) in one compiled call. Every score is reported per pair and as mean, std, sem,
-min and max across pairs; the alignment gains (SAE->SAE over Neuron->Neuron soft-matching,
-SAE->Neuron over Neuron->Neuron ridge) likewise, with a figure of the gains and their spread.
+Alignment is computed for every pair (2p -> 2p + 1) with the library calls of
+``experiments.toy_models`` (soft- and semi-matching share one set of fold moments); the library
+pads dead units to the input widths, so all pairs of a condition share one compile. Every score
+is reported per pair and as mean, std, sem, min and max across pairs; the alignment gains
+(SAE->SAE over Neuron->Neuron soft-matching, SAE->Neuron over Neuron->Neuron ridge) likewise,
+with a figure of the gains and their spread.
 Finished sizes are cached in ``out/sizes``; SAE training is checkpointed every
 ``segment_steps`` batches.
 """
@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -31,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+import superalign
 from experiments import _io, toy_models
 from experiments.configs import seed_sweep as configs
-from superalign import analysis, features, matching, regression, sae, sharding, toy
-from superalign import folds as _folds
+from superalign import analysis, features, sae, sharding, toy
 
 MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
 RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
@@ -49,7 +48,7 @@ def validate(cfg: configs.SeedSweepConfig, mesh) -> None:
     for k in cfg.sae_ks:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.sae_latents:
             raise ValueError(f"sae_ks must be in 1..sae_latents={cfg.sae_latents}, got {k!r}")
-    for name in ("group_size", "pair_batch", "matching_pair_batch", "segment_steps"):
+    for name in ("group_size", "segment_steps"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -154,167 +153,52 @@ def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
 # Vectorised alignment over pairs.
 
 
-_ranges_all = jax.jit(jax.vmap(_folds._part_ranges, in_axes=(0, None, None)))
-
-
-def live_units_all(name: str, X_all, folds: _folds.Folds) -> list[_folds.LiveUnits]:
-    """:func:`superalign.folds.live_units` for every ``X_all[s]`` (``[S, M, N]``) in one call."""
-    block = _folds.block_rows_for(len(folds.sizes), X_all.shape[-1], int(folds.sizes.max()))
-    index, mask = _folds.blocked(folds, block)
-    lo, hi = (np.asarray(a) for a in _ranges_all(X_all, index, mask))
-    out = []
-    for s in range(X_all.shape[0]):
-        zero = (lo[s] == 0) & (hi[s] == 0)
-        constant = (lo[s] == hi[s]) & ~zero
-        dead = zero.any(axis=0)
-        bad = constant.any(axis=0) & ~dead
-        if bad.any():
-            raise ValueError(
-                f"{name}[{s}] column {int(np.flatnonzero(bad)[0])} is constant but not zero on "
-                "the rows of a fold; its correlation is undefined"
-            )
-        if dead.all():
-            raise ValueError(f"{name}[{s}] has no live unit (shape {X_all.shape[1:]})")
-        out.append(_folds.LiveUnits(np.flatnonzero(~dead), np.flatnonzero(dead)))
-    return out
-
-
-@partial(jax.jit, static_argnames=("cfg", "pair_batch"))
-def _matching_pairs(X, Y, src, tgt, mask_x, mask_y, index, mask, cfg, pair_batch):
-    """Soft- and semi-matching (direction "target") of every pair from one set of moments."""
-    all_x, all_y = jnp.arange(X.shape[-1]), jnp.arange(Y.shape[-1])
-
-    def one(args):
-        a, b = args
-        mx, my = mask_x[a], mask_y[b]
-        # Dead columns zeroed: their correlations are 0 and the masks keep them out.
-        moments = _folds.fold_moments(X[a] * mx, Y[b] * my, all_x, all_y, index, mask)
-
-        def fold(k):
-            train, test = _folds.fold_correlations(moments, k)
-            plan, converged, _, _ = matching._sinkhorn_plan(1.0 - train, cfg, mx, my)
-            best = jnp.argmax(jnp.where(mx[:, None] > 0, train, -jnp.inf), axis=0)
-            semi = jnp.take_along_axis(test, best[None, :], axis=0)[0]
-            return (plan * test).sum(), converged, (semi * my).sum() / my.sum()
-
-        # Folds (and pairs) as a vmap axis: the Sinkhorn loops of all of them step together,
-        # which on the CPU costs about what one small problem's loop costs.
-        return jax.vmap(fold)(jnp.arange(moments.count.shape[0]))
-
-    return jax.lax.map(one, (src, tgt), batch_size=pair_batch)
-
-
-@partial(jax.jit, static_argnames=("pair_batch",))
-def _ridge_pairs(X, Y, src, tgt, mask_x, mask_y, splits, alphas, pair_batch):
-    """Ridge of every pair; dead columns zeroed (a zero column of X changes no prediction and
-    no leave-one-out error; a zero target is left out of the mean)."""
-    all_x, all_y = jnp.arange(X.shape[-1]), jnp.arange(Y.shape[-1])
-
-    def one(args):
-        a, b = args
-        mx, my = mask_x[a], mask_y[b]
-        _, best, _, r = regression._ridge_folds(X[a] * mx, Y[b] * my, all_x, all_y, *splits, alphas)
-        return (r * my).sum(-1) / my.sum(), best
-
-    return jax.lax.map(one, (src, tgt), batch_size=pair_batch)
-
-
-def _ridge_splits(folds: _folds.Folds):
-    """The padded train / test row indices of ``superalign.ridge_regression``."""
-    tests = folds.parts
-    trains = [
-        np.sort(np.concatenate([t for j, t in enumerate(tests) if j != k]))
-        for k in range(len(tests))
-    ]
-    train = regression._padded(trains, regression._round_up(max(len(t) for t in trains)))
-    test = regression._padded(tests, regression._round_up(max(len(t) for t in tests)))
-    return (*train, *test)
-
-
-def _live_mask(units: list[_folds.LiveUnits], width: int, dtype) -> jax.Array:
-    m = np.zeros((len(units), width), np.float32)
-    for s, u in enumerate(units):
-        m[s, u.live] = 1.0
-    return jnp.asarray(m, dtype)
-
-
-def align_pairs(
-    X_all,
-    Y_all,
-    src,
-    tgt,
-    *,
-    metrics,
-    n_folds,
-    seed,
-    pair_batch,
-    matching_pair_batch=None,
-    live=None,
-):
+def align_pairs(X_all, Y_all, src, tgt, *, metrics, n_folds, seed):
     """Cross-validated scores of ``Y_all[tgt[p]]`` from ``X_all[src[p]]`` for every pair ``p``.
 
-    The numbers of ``superalign.soft_matching`` / ``semi_matching`` (direction "target") /
-    ``ridge_regression`` called pair by pair (tested), in one compiled call per condition:
-    dead units (the same rule, :func:`live_units_all`) are masked instead of removed, so all
-    pairs share one shape.
+    Calls ``superalign.soft_and_semi_matching`` (direction "target", plans not kept) and
+    ``superalign.ridge_regression`` pair by pair. The library pads dead units to the input
+    widths, so every pair of a condition runs the same compiled code: one compile per condition
+    and size, not per pair. (Vectorising the pairs inside one call was measured slower on the
+    CPU than the library's streamed ridge and kernel-mode Sinkhorn; benchmarks/RESULTS.md.)
 
     Args:
       X_all: ``[S_x, M, Na]`` source populations. Y_all: ``[S_y, M, Nb]`` targets.
       src, tgt: ``[P]`` indices into ``X_all`` and ``Y_all``.
       metrics: a subset of ``("matching", "ridge")``.
       n_folds, seed: the folds.
-      pair_batch: pairs vmapped together inside the ``lax.map`` over pairs (ridge).
-      matching_pair_batch: the same for the matching scores; None for ``pair_batch``.
-      live: optional precomputed ``(live_x, live_y)`` lists of :class:`LiveUnits`.
 
     Returns:
       ``{metric: {"folds": [P, K], ...}}`` for "soft_matching" (with "converged"),
       "semi_matching" and "ridge" (with "alpha"), plus "dead_x" / "dead_y" counts ``[P]``.
     """
-    n_rows = X_all.shape[1]
-    folds = _folds.make_folds(n_rows, n_folds, seed)
-    live_x, live_y = live or (
-        live_units_all("X", X_all, folds),
-        live_units_all("Y", Y_all, folds),
-    )
-    mask_x = _live_mask(live_x, X_all.shape[-1], X_all.dtype)
-    mask_y = _live_mask(live_y, Y_all.shape[-1], Y_all.dtype)
-    a, b = jnp.asarray(src), jnp.asarray(tgt)
+    kw = dict(n_folds=n_folds, seed=seed)
+    rows: dict = {key: [] for key in ("soft", "converged", "semi", "ridge", "alpha", "dx", "dy")}
+    for a, b in zip(src, tgt, strict=True):
+        X, Y = X_all[a], Y_all[b]
+        if "matching" in metrics:
+            soft, semi = superalign.soft_and_semi_matching(X, Y, keep_plans=False, **kw)
+            rows["soft"].append(soft.folds)
+            rows["converged"].append(soft.converged)
+            rows["semi"].append(semi.folds)
+            dead = soft
+        if "ridge" in metrics:
+            ridge = superalign.ridge_regression(X, Y, **kw)
+            rows["ridge"].append(ridge.folds)
+            rows["alpha"].append(ridge.alpha)
+            dead = ridge
+        rows["dx"].append(len(dead.dead_x))
+        rows["dy"].append(len(dead.dead_y))
     out: dict = {}
     if "matching" in metrics:
-        width = X_all.shape[-1] + Y_all.shape[-1]
-        block = _folds.block_rows_for(n_folds, width, int(folds.sizes.max()))
-        index, mask = _folds.blocked(folds, block)
-        soft, conv, semi = _matching_pairs(
-            X_all,
-            Y_all,
-            a,
-            b,
-            mask_x,
-            mask_y,
-            index,
-            mask,
-            matching.SinkhornConfig(),
-            matching_pair_batch or pair_batch,
-        )
-        out["soft_matching"] = {"folds": np.asarray(soft), "converged": np.asarray(conv)}
-        out["semi_matching"] = {"folds": np.asarray(semi)}
+        out["soft_matching"] = {
+            "folds": np.stack(rows["soft"]),
+            "converged": np.stack(rows["converged"]),
+        }
+        out["semi_matching"] = {"folds": np.stack(rows["semi"])}
     if "ridge" in metrics:
-        alphas = regression.check_alphas(None)
-        scores, best = _ridge_pairs(
-            X_all,
-            Y_all,
-            a,
-            b,
-            mask_x,
-            mask_y,
-            _ridge_splits(folds),
-            jnp.asarray(alphas, X_all.dtype),
-            pair_batch,
-        )
-        out["ridge"] = {"folds": np.asarray(scores), "alpha": alphas[np.asarray(best)]}
-    out["dead_x"] = np.array([len(live_x[s].dead) for s in src])
-    out["dead_y"] = np.array([len(live_y[t].dead) for t in tgt])
+        out["ridge"] = {"folds": np.stack(rows["ridge"]), "alpha": np.stack(rows["alpha"])}
+    out["dead_x"], out["dead_y"] = np.array(rows["dx"]), np.array(rows["dy"])
     return out
 
 
@@ -401,12 +285,7 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     scfg = toy_models.sae_config(base, n_hidden)
     P = cfg.n_pairs
     src, tgt = list(range(0, 2 * P, 2)), list(range(1, 2 * P, 2))
-    kw = dict(
-        n_folds=cfg.n_folds,
-        seed=cfg.fold_seed,
-        pair_batch=cfg.pair_batch,
-        matching_pair_batch=cfg.matching_pair_batch,
-    )
+    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
 
     toy_params = stage("toy models", train_toy_models, cfg, n_hidden, mesh)
     sae_params = stage("SAEs", train_saes, cfg, n_hidden, toy_params, out, mesh, progress)
@@ -422,29 +301,25 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
         lambda: align_pairs(neurons, neurons, src, tgt, metrics=("matching", "ridge"), **kw),
     )
     result["neuron_neuron"] = _summaries(scores)
-    folds = _folds.make_folds(neurons.shape[1], cfg.n_folds, cfg.fold_seed)
-    live_neurons = live_units_all("neurons", neurons, folds)
     with tqdm(cfg.sae_ks, desc=f"N={n_hidden} alignment per k", disable=not progress) as bar:
         for j, k in enumerate(bar):
             params_k = jax.tree.map(lambda x, j=j: x[:, j], sae_params)
             latents = encode(params_k, neurons, k)  # [S, M, L]
             rand = encode(rand_params, neurons[::2], k)  # [P, M, L]: each source seed
-            live_lat = live_units_all("sae", latents, folds)
-            live_rand = live_units_all("randsae", rand, folds)
             ps = list(range(P))
             runs = {
-                "sae_sae": (latents, latents, src, tgt, ("matching", "ridge"), live_lat, live_lat),
-                "randsae_sae": (rand, latents, ps, tgt, ("matching",), live_rand, live_lat),
-                "sae_neuron": (latents, neurons, src, tgt, ("ridge",), live_lat, live_neurons),
-                "randsae_neuron": (rand, neurons, ps, tgt, ("ridge",), live_rand, live_neurons),
+                "sae_sae": (latents, latents, src, tgt, ("matching", "ridge")),
+                "randsae_sae": (rand, latents, ps, tgt, ("matching",)),
+                "sae_neuron": (latents, neurons, src, tgt, ("ridge",)),
+                "randsae_neuron": (rand, neurons, ps, tgt, ("ridge",)),
             }
             rec: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
-            for cond, (X, Y, s_, t_, metrics, lx, ly) in runs.items():
+            for cond, (X, Y, s_, t_, metrics) in runs.items():
                 res = _summaries(
                     stage(
                         f"alignment k={k} {cond}",
-                        lambda X=X, Y=Y, s_=s_, t_=t_, m=metrics, lx=lx, ly=ly: align_pairs(
-                            X, Y, s_, t_, metrics=m, live=(lx, ly), **kw
+                        lambda X=X, Y=Y, s_=s_, t_=t_, m=metrics: align_pairs(
+                            X, Y, s_, t_, metrics=m, **kw
                         ),
                     )
                 )

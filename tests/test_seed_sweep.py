@@ -42,10 +42,10 @@ def _compile_events():
     return events
 
 
-def test_vectorised_pairs_equal_the_library_pair_by_pair():
+def test_pairs_equal_the_library_pair_by_pair():
     X = _populations()
     src, tgt = [0, 2], [1, 3]
-    kw = dict(n_folds=3, seed=0, pair_batch=2)
+    kw = dict(n_folds=3, seed=0)
     got = seed_sweep.align_pairs(X, X, src, tgt, metrics=("matching", "ridge"), **kw)
     for p, (a, b) in enumerate(zip(src, tgt, strict=True)):
         soft = superalign.soft_matching(X[a], X[b], n_folds=3, seed=0)
@@ -151,7 +151,7 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         ("sae_ks", (3, 100), "sae_ks"),
         ("sae_ks", (3, 3), "sae_ks"),
         ("heldout_steps", 10**6, "heldout_steps"),
-        ("pair_batch", 0, "pair_batch"),
+        ("group_size", 0, "group_size"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, field, value, match):

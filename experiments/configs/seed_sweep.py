@@ -39,13 +39,6 @@ class SeedSweepConfig:
     # Execution.
     segment_steps: int = 500  # SAE batches per jitted segment (checkpoint interval)
     group_size: int = 8  # toy seeds per vmapped group on a device (toy.make_train_seeds)
-    # Seed pairs per vmapped batch in ridge (lax.map batch_size). 1: pairs in sequence inside one
-    # compiled call. Vmapped ridge (4 pairs) stalled on the CPU at 20k-200k rows (batched tall
-    # SVD / the lax.cond fallback of regression._thin_svd); see benchmarks/RESULTS.md.
-    pair_batch: int = 1
-    # ... and in the matching scores: Sinkhorn's loop overhead, not arithmetic, dominates these
-    # small problems (SAE->SAE often runs to max_iterations), so all pairs step together.
-    matching_pair_batch: int = 16
 
     def base(self) -> toy_models.ToyExperimentConfig:
         """The single-pair experiment's config with this sweep's seeds and largest k."""
