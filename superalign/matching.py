@@ -249,13 +249,15 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
 
     ``a_mask`` / ``b_mask`` ([Na] / [Nb], 1.0 for live units, 0.0 for dead ones; None: all live)
     give dead units zero marginal weight, so that problems with different numbers of live units
-    share one shape (the seed sweep). The plan is exactly 0 on dead rows and columns.
+    share one shape (dead units are zero-weight padding, ``folds.padded_live``). The plan is
+    exactly 0 on dead rows and columns.
 
     Kernel mode (the default, ``cfg.lse_mode=False``): at every stage of the epsilon schedule the
     potentials of the previous stage are subtracted from the cost, then each row's and each
     column's minimum, so every row and column of the kernel ``exp(-reduced cost / eps)`` holds an
     entry 1 and nothing the plan needs underflows; ott's multiplicative updates then only correct
-    the potentials by what the smaller epsilon changes.
+    the potentials by what the smaller epsilon changes. The same reduction is repeated every
+    ``_ABSORB_EVERY`` iterations within a stage.
     """
     na, nb = cost.shape
     a_live = jnp.ones((na,), cost.dtype) if a_mask is None else a_mask.astype(cost.dtype)
