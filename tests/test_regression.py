@@ -171,3 +171,15 @@ def test_tall_x_is_streamed_unless_ill_conditioned(collinear):
         np.testing.assert_array_equal(out[1], np.asarray(ref[1]))
         np.testing.assert_allclose(out[0], np.asarray(ref[0]), atol=1e-6)
         np.testing.assert_allclose(out[3], np.asarray(ref[3]), atol=1e-6)
+
+
+def test_svd_of_r_matches_lapack():
+    """The streamed path's SVD of its float64 triangular factor (via eigh of r^T r)."""
+    rng = np.random.default_rng(7)
+    r = np.triu(rng.standard_normal((50, 50))) + 10 * np.eye(50)
+    u, s, vt = regression._svd_of_r(r)
+    s_ref = np.linalg.svd(r, compute_uv=False)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-10)
+    np.testing.assert_allclose((u * s) @ vt, r, atol=1e-10 * s_ref[0])
+    np.testing.assert_allclose(u.T @ u, np.eye(50), atol=1e-10)
+    np.testing.assert_allclose(vt @ vt.T, np.eye(50), atol=1e-12)
