@@ -150,7 +150,7 @@ def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Vectorised alignment over pairs.
+# Alignment over pairs: the library, pair by pair.
 
 
 def align_pairs(X_all, Y_all, src, tgt, *, metrics, n_folds, seed):

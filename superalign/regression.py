@@ -430,15 +430,15 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         vts.append(vt)
     padded = [
         _StreamedFold(
-            _embed(c.mean_x, width_x),
-            _embed(c.w1, sq_x),
+            mean_x[k],  # already embedded for the Q1 pass
+            w1[k],
             _embed(c.w2, sq_x),
             _embed(c.mean_y, width_y),
             _embed(c.scale_y, width_y),
             _embed(c.b, sq_xy),
             _embed(c.s, width_x, fill=1.0),
         )
-        for c in consts
+        for k, c in enumerate(consts)
     ]
     stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
     alphas_d = jnp.asarray(alphas, dtype)
