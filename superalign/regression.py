@@ -217,16 +217,17 @@ def _ridge_folds(X, Y, live_x, live_y, train_idx, train_mask, test_idx, test_mas
 # --- Tall X: the streamed path ----------------------------------------------------------------
 #
 # With many more train rows than columns, nothing row-sized is materialised. One pass gives the
-# per-part moments (``folds.fold_moments`` with ``X^T X``); the train Gram matrix of every fold is
-# pooled from them in float64 on the host, and its Cholesky factor R1 defines Q1 = X_std R1^-1.
-# A second pass accumulates Q1^T Q1 (Kahan) and the host factors it again (CholeskyQR2 without
-# storing Q: U = X_std R1^-1 R2^-1 U_R with R2 R1 = U_R S V^T). A third pass runs the LOO sums
-# over the row blocks of every fold's train parts, a fourth the test Pearson sums. Every pass
-# gathers row blocks of the parts, so memory is the inputs plus a few blocks. If a Gram matrix is
-# not positive definite or Q1 is far from orthonormal (condition number of X above about 1e3),
-# the materialised path with LAPACK's SVD is used instead.
+# per-part moments (``folds.fold_moments``), another the per-part Gram matrices X^T X accumulated
+# in float64 (``_part_grams``). The train Gram matrix of every fold is pooled from them on the
+# host; being exact to float64, its Cholesky factor R (X_std = Q R) and the SVD R = U_R S V^T give
+# U = X_std R^-1 U_R as orthonormal as float32 rows can be, with no second pass over the rows
+# (CholeskyQR2 in float32 needs one). A third pass runs the LOO sums over the row blocks of every
+# fold's train parts, a fourth the test Pearson sums. Every pass gathers row blocks of the parts,
+# so memory is the inputs plus a few blocks. If a train Gram matrix is not positive definite or
+# the condition number of X_std is above _MAX_COND (the float32 rows of U then lose more than
+# about 1e-4), the materialised path with LAPACK's SVD is used instead.
 
-_MAX_Q1_ERROR = 0.1  # |Q1^T Q1 - I| above this: CholeskyQR2 is not trusted
+_MAX_COND = 1e3
 
 
 def _train_blocks(index, mask, others):
@@ -238,25 +239,64 @@ def _rows(X, live, idx):
     return X[idx][:, live]
 
 
-@jax.jit
-def _q1_gram_pass(X, live_x, index, mask, others, mean_x, w1):
-    """[K, p, p] sum over each fold's train rows of Q1^T Q1, Q1 = (x - mean) @ w1."""
-    p = w1.shape[-1]
+def _part_grams_body(X, live_x, keep_x, index, mask, shift):
+    """Per part: ``sum(x - shift)`` [K, p] and ``sum((x - shift)^T (x - shift))`` [K, p, p]."""
+    f64 = shift.dtype
+    p = live_x.shape[0]
 
-    def fold(args):
-        o, mx, w = args
+    def part(args):
+        idx_k, m_k, c = args
 
         def step(carry, block):
             idx, m = block
-            q = ((_rows(X, live_x, idx) - mx) @ w) * m[:, None].astype(w.dtype)
-            gram = jnp.matmul(q.T, q, precision=jax.lax.Precision.HIGHEST)
-            return _folds._kahan_add(*carry, gram), None
+            x = _rows(X, live_x, idx).astype(f64) * keep_x.astype(f64)
+            x = (x - c) * m[:, None].astype(f64)
+            return (carry[0] + x.sum(0), carry[1] + x.T @ x), None
 
-        zero = jnp.zeros((p, p), w.dtype)
-        (gram, _), _ = jax.lax.scan(step, (zero, zero), _train_blocks(index, mask, o))
-        return gram
+        zero = (jnp.zeros((p,), f64), jnp.zeros((p, p), f64))
+        return jax.lax.scan(step, zero, (idx_k, m_k))[0]
 
-    return jax.lax.map(fold, (others, mean_x, w1))
+    return jax.lax.map(part, (index, mask, shift))
+
+
+_part_grams_x64 = jax.jit(_part_grams_body)
+
+
+def _part_grams_host(X, live_x, keep_x, index, mask, shift, chunk=1 << 16):
+    """The same sums with numpy on the host (float64), for backends without float64 (TPU)."""
+    X, live_x, keep_x = np.asarray(X), np.asarray(live_x), np.asarray(keep_x, np.float64)
+    index, mask = np.asarray(index), np.asarray(mask)
+    p = len(live_x)
+    s1, s2 = np.zeros((len(index), p)), np.zeros((len(index), p, p))
+    for k in range(len(index)):
+        rows = index[k][mask[k]]
+        for lo in range(0, len(rows), chunk):
+            x = X[rows[lo : lo + chunk]][:, live_x].astype(np.float64) * keep_x - shift[k]
+            s1[k] += x.sum(0)
+            s2[k] += x.T @ x
+    return s1, s2
+
+
+def _part_grams(X, live_x, keep_x, index, mask, counts, means, host=None):
+    """Per-part column means [K, p] and centred Gram matrices X^T X [K, p, p], in float64.
+
+    Float64 accumulation makes the Gram matrix exact to float64 whatever the row count, so its
+    Cholesky factor defines an orthonormal U directly. Each part is shifted by its float32 mean
+    ``means`` first (no cancellation in the centring). On a CPU or GPU the sums run on the device
+    under ``jax.enable_x64``; on a TPU (``host`` None) or with ``host=True``, with numpy.
+    """
+    shift = np.asarray(means, np.float64)
+    if host is None:
+        host = jax.default_backend() == "tpu"
+    if host:
+        s1, s2 = _part_grams_host(X, live_x, keep_x, index, mask, shift)
+    else:
+        with jax.enable_x64(True):
+            out = _part_grams_x64(X, live_x, keep_x, index, mask, jnp.asarray(shift, jnp.float64))
+            s1, s2 = (np.asarray(a, np.float64) for a in out)
+    n = np.asarray(counts, np.float64)
+    mean = s1 / n[:, None]
+    return shift + mean, s2 - n[:, None, None] * mean[:, :, None] * mean[:, None, :]
 
 
 class _StreamedFold(NamedTuple):
@@ -370,24 +410,25 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     index, mask = _folds.blocked(folds, block)
     lx, kx = _folds.padded_live(live_x, width_x)
     ly, ky = _folds.padded_live(live_y, width_y)
-    m = _folds.fold_moments(X, Y, lx, ly, index, mask, with_gram_x=True, keep_x=kx, keep_y=ky)
-    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in m))
+    m = _folds.fold_moments(X, Y, lx, ly, index, mask, keep_x=kx, keep_y=ky)
+    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in m[:6]))
+    mean64, gram = _part_grams(X, lx, kx, index, mask, m.count, m.mean_x)
     full_mean_x, full_mean_y, full_ss_x = m.mean_x, m.mean_y, m.ss_x
     m = _folds.FoldMoments(  # the live block
         m.count,
-        m.mean_x[:, :p],
+        mean64[:, :p],
         m.mean_y[:, :t],
         m.ss_x[:, :p],
         m.ss_y[:, :t],
         m.cross[:, :p, :t],
-        m.gram_x[:, :p, :p],
+        gram[:, :p, :p],
     )
     others = np.array([[j for j in range(n_folds) if j != k] for k in range(n_folds)])
     dtype = X.dtype
     sq_x, sq_xy = (width_x, width_x), (width_x, width_y)
 
-    # Train statistics and the first Cholesky factor of every fold (host, float64).
-    train = []
+    # Train statistics, the Cholesky factor and its SVD for every fold (host, float64).
+    consts, vts, n_train = [], [], []
     for k in range(n_folds):
         w, mean_x, dx = _pool(m.count, m.mean_x, k)
         _, mean_y, dy = _pool(m.count, m.mean_y, k)
@@ -397,53 +438,36 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
         sx = np.sqrt(np.diag(gxx))
         try:
-            r1 = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
+            r = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
         except np.linalg.LinAlgError:
             return None
-        if not np.isfinite(r1).all():
+        if not np.isfinite(r).all():
             return None
-        train.append((w.sum(), mean_x, _inv_upper(r1) / sx[:, None], r1, mean_y, gxy, ssy))
-    mean_x = np.stack([_embed(tr[1], width_x) for tr in train])
-    w1 = np.stack([_embed(tr[2], sq_x) for tr in train])
-    g2 = np.asarray(
-        _q1_gram_pass(
-            X,
-            lx,
-            index,
-            mask,
-            jnp.asarray(others),
-            jnp.asarray(mean_x, dtype),
-            jnp.asarray(w1, dtype),
-        ),
-        np.float64,
-    )[:, :p, :p]
-    consts, vts = [], []
-    for k, (_, mean_x_k, w1_k, r1, mean_y, gxy, ssy) in enumerate(train):
-        if not (np.abs(g2[k] - np.eye(p)).max() < _MAX_Q1_ERROR):
+        ur, s, vt = _svd_of_r(r)
+        if not (s[-1] > 0 and s[0] / s[-1] <= _MAX_COND):
             return None
-        r2 = np.linalg.cholesky(g2[k]).T
-        ur, s, vt = _svd_of_r(r2 @ r1)
-        w2 = _inv_upper(r2) @ ur
+        w1 = _inv_upper(r) / sx[:, None]
         scale_y = 1.0 / np.sqrt(ssy)
-        b = (w1_k @ w2).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
-        consts.append(_StreamedFold(mean_x_k, w1_k, w2, mean_y, scale_y, b, s))
+        b = (w1 @ ur).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
+        consts.append(_StreamedFold(mean_x, w1, ur, mean_y, scale_y, b, s))
         vts.append(vt)
+        n_train.append(w.sum())
     padded = [
         _StreamedFold(
-            mean_x[k],  # already embedded for the Q1 pass
-            w1[k],
+            _embed(c.mean_x, width_x),
+            _embed(c.w1, sq_x),
             _embed(c.w2, sq_x),
             _embed(c.mean_y, width_y),
             _embed(c.scale_y, width_y),
             _embed(c.b, sq_xy),
             _embed(c.s, width_x, fill=1.0),
         )
-        for k, c in enumerate(consts)
+        for c in consts
     ]
     stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
     alphas_d = jnp.asarray(alphas, dtype)
     base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
-    n_train = np.array([tr[0] for tr in train], dtype)
+    n_train = np.array(n_train, dtype)
     delta = np.asarray(delta)
     best = np.argmin(delta, axis=1)
     loo = (np.asarray(base)[:, None] + delta) / (n_train[:, None] * t)

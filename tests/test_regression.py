@@ -1,5 +1,6 @@
 """Ridge regression score against scikit-learn's RidgeCV, fold by fold."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.linear_model import RidgeCV
@@ -158,8 +159,8 @@ def test_thin_svd_of_tall_matrices_as_accurate_as_lapack(kappa_noise):
 
 @pytest.mark.parametrize("collinear", [False, True])
 def test_tall_x_is_streamed_unless_ill_conditioned(collinear):
-    """Well-conditioned tall X takes the streamed path (CholeskyQR2 from moments); a condition
-    number of about 1e3 or more falls back to LAPACK's SVD on the gathered folds."""
+    """Well-conditioned tall X takes the streamed path (Cholesky of float64 Gram matrices); a
+    condition number above 1e3 falls back to LAPACK's SVD on the gathered folds."""
     X, Y = _latent_data(2003, 40, 12, 0, 2.0, collinear)
     p = folds.prepare(X, Y, 5, 0)
     out = regression._ridge_streamed(
@@ -171,6 +172,27 @@ def test_tall_x_is_streamed_unless_ill_conditioned(collinear):
         np.testing.assert_array_equal(out[1], np.asarray(ref[1]))
         np.testing.assert_allclose(out[0], np.asarray(ref[0]), atol=1e-6)
         np.testing.assert_allclose(out[3], np.asarray(ref[3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("host", [False, True])
+def test_part_grams_match_a_float64_reference(host):
+    """The streamed path's per-part Gram matrices: float64 sums on the device or on the host."""
+    X, _ = _latent_data(3001, 9, 2, seed=8, collinear=False)
+    X[:, 4] = 0.0  # a dead column, weighted 0
+    fo = folds.make_folds(len(X), 5, 0)
+    index, mask = folds.blocked(fo, 256)
+    live, keep = folds.padded_live(np.array([0, 1, 2, 3, 5, 6, 7, 8]), 9)
+    counts = np.array([len(part) for part in fo.parts], np.float64)
+    rough = np.stack([X[part][:, np.asarray(live)].mean(0) for part in fo.parts]) + 0.3
+    mean, gram = regression._part_grams(
+        jnp.asarray(X), live, keep, index, mask, counts, rough, host=host
+    )
+    for k, part in enumerate(fo.parts):
+        x = X[part][:, np.asarray(live)].astype(np.float64) * np.asarray(keep)
+        np.testing.assert_allclose(mean[k], x.mean(0), rtol=1e-13, atol=1e-13)
+        xc = x - x.mean(0)
+        np.testing.assert_allclose(gram[k], xc.T @ xc, rtol=1e-11, atol=1e-9)
+    assert gram.dtype == np.float64
 
 
 def test_svd_of_r_matches_lapack():
