@@ -250,13 +250,21 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
     n_seeds = len(cfg.seeds)
     recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
 
+    def encode(params, x):
+        # In row blocks of a few batches: 30-40% faster on the CPU than one encode of the whole
+        # chunk (the top-k rounds then stay in cache).
+        n_batches = len(x) // cfg.batch_size
+        per_block = next(d for d in (4, 2, 1) if n_batches % d == 0)
+        blocks = x.reshape(-1, per_block * cfg.batch_size, x.shape[-1])
+        return jax.lax.map(lambda b: sae.encode(scfg, params, b)[0], blocks).reshape(len(x), -1)
+
     @partial(jax.jit, static_argnums=3)
     def segment(toy_params, sae_params, start, n):
         # The features are drawn once per segment and shared by every consumer.
         z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
         h = jax.vmap(toy.hidden, in_axes=(0, None))(toy_params, z)
-        latents = jax.vmap(lambda p, x: sae.encode(scfg, p, x)[0])(sae_params, h)
-        return z, h, latents, sae.encode(scfg, rand_params, h[0])[0]
+        latents = jax.vmap(encode)(sae_params, h)
+        return z, h, latents, encode(rand_params, h[0])
 
     # Preallocated per-seed device arrays, written in place segment by segment (donated buffers),
     # so that peak memory is the activations plus one segment.
