@@ -107,14 +107,18 @@ def train_toy_models_all(cfg, sizes, out: Path, progress=True) -> dict:
     keys = _seed_keys(cfg.seeds, 0)
     init = tuple(jax.vmap(lambda k, tc=tc: toy.init_state(tc, k))(keys) for tc in tcfgs)
 
+    updates = [jax.vmap(toy.make_update(tc), in_axes=(0, None)) for tc in tcfgs]
+
     def segment(states, start, n):
         z = _segment_batches(cfg, start, n)
 
-        def batch_fn(step):
-            return jax.lax.dynamic_index_in_dim(z, step - start, keepdims=False)
+        # Every size's step in one loop body: XLA runs the independent updates side by side,
+        # about 25% faster on 2 cores than one loop per size (results identical).
+        def step(states, i):
+            batch = jax.lax.dynamic_index_in_dim(z, i, keepdims=False)
+            return tuple(up(st, batch)[0] for up, st in zip(updates, states, strict=True)), None
 
-        runs = [jax.vmap(toy.make_run(tc, batch_fn), in_axes=(0, None, None)) for tc in tcfgs]
-        return tuple(run(st, start, n)[0] for run, st in zip(runs, states, strict=True))
+        return jax.lax.scan(step, states, jnp.arange(n))[0]
 
     state = _train_segmented(
         out / "checkpoints" / _ckpt_name("toy", sizes),
@@ -145,16 +149,23 @@ def train_saes_all(cfg, toy_params: dict, out: Path, progress=True) -> dict:
     train_steps, _ = features.split_steps(tcfg.data)
     keys = _seed_keys(cfg.seeds, 1)
     init = tuple(jax.vmap(lambda k, sc=sc: sae.init_state(sc, k))(keys) for sc in scfgs)
-    unused_key = jax.random.key(0)  # in-order passes draw no randomness
     hidden = jax.vmap(toy.hidden, in_axes=(0, None))
+
+    updates = [jax.vmap(sae.make_update(sc), in_axes=(0, 0)) for sc in scfgs]
+    rows = cfg.batch_size
 
     def segment(states, params, start, n):
         z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
-        out = []
-        for sc, st, p in zip(scfgs, states, params, strict=True):
-            run = jax.vmap(sae.make_chunk_run(sc), in_axes=(0, 0, None))
-            out.append(run(st, hidden(p, z), unused_key)[0])
-        return tuple(out)
+        xs = [hidden(p, z) for p in params]  # [S, n * B, N] per size
+
+        # In-order batches, every size's step in one loop body (as for the toy models).
+        def step(states, i):
+            new = []
+            for up, st, x in zip(updates, states, xs, strict=True):
+                new.append(up(st, jax.lax.dynamic_slice_in_dim(x, i * rows, rows, axis=1))[0])
+            return tuple(new), None
+
+        return jax.lax.scan(step, states, jnp.arange(n))[0]
 
     segment = jax.jit(segment, static_argnums=3)
     params = tuple(toy_params[n] for n in sizes)

@@ -138,7 +138,7 @@ def make_run(
         config's dataset. Benchmarks pass a pre-generated buffer here.
     """
     batch_fn = _default_batches(config, batch_fn)
-    update = _make_update(config)
+    update = make_update(config)
 
     def step_fn(state: ToyState, step):
         return update(state, batch_fn(step))
@@ -156,7 +156,7 @@ def _default_batches(config: ToyConfig, batch_fn):
     return batch_fn or (lambda step: feats.batch(spec, step))
 
 
-def _make_update(config: ToyConfig):
+def make_update(config: ToyConfig):
     """One AdamW step of one seed on a batch ``z [B, F]``: ``(state, z) -> (state, loss)``."""
     opt = optimizer(config)
     weights = feats.importance(config.n_features)
@@ -185,7 +185,7 @@ def make_train_seeds(
     """
     group_size = _checks.positive_int("group_size", group_size)
     batch_fn = _default_batches(config, batch_fn)
-    update = jax.vmap(_make_update(config), in_axes=(0, None))
+    update = jax.vmap(make_update(config), in_axes=(0, None))
 
     def train(keys: jax.Array):
         n_seeds = keys.shape[0]
