@@ -34,6 +34,7 @@ import superalign
 from experiments import _io, toy_models
 from experiments.configs import seed_sweep as configs
 from superalign import analysis, features, sae, sharding, toy
+from superalign.folds import full_precision
 
 MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
 RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
@@ -341,8 +342,10 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     return _io.read_json(cached)
 
 
+@full_precision
 def run(cfg, out, *, mesh=None, progress=True) -> dict:
-    """Run (or resume) the sweep; write results.json and the figures."""
+    """Run (or resume) the sweep; write results.json and the figures (float32 products at full
+    precision, also on GPUs)."""
     out = Path(out)
     mesh = sharding.default_mesh() if mesh is None else mesh
     validate(cfg, mesh)

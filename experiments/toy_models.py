@@ -30,6 +30,7 @@ import superalign
 from experiments import _io
 from experiments.configs import toy_models as configs
 from superalign import analysis, features, sae, toy
+from superalign.folds import full_precision
 
 MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
 RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
@@ -392,12 +393,14 @@ def run_size(
     return _io.read_json(_cached(out, n_hidden))
 
 
+@full_precision
 def run(cfg, out, *, save_activations=False, progress=True) -> dict:
     """Run (or resume) the whole experiment; write results.json and the figures.
 
     The toy models of every size train in one pass over the rows, then the SAEs of every size
     in one pass; each size then gets its held-out activations, scores and analysis, cached per
     size. A finished size is reused (unless activations are asked for).
+    Float32 products run at full precision, also on GPUs (not TF32), as in the paper's code.
     """
     out = Path(out)
     for n in cfg.sizes:  # validate every setting before any work

@@ -122,6 +122,7 @@ def _semi(moments: _folds.FoldMoments, direction: str, keep_x, keep_y):
     return jax.lax.map(fold, jnp.arange(moments.count.shape[0]))
 
 
+@_folds.full_precision
 def semi_matching(
     X,
     Y,
@@ -244,6 +245,7 @@ class _KernelGeometry(geometry.Geometry):
 _ABSORB_EVERY = 200  # kernel mode: iterations between two absorptions of the scalings
 
 
+@_folds.full_precision
 def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=None):
     """Entropic plan for ``cost`` with uniform marginals: (plan, converged, iterations, error).
 
@@ -415,6 +417,7 @@ def exact_plan(train: np.ndarray) -> np.ndarray:
     return ot.emd(np.full(na, 1.0 / na), np.full(nb, 1.0 / nb), 1.0 - train, numItermax=10**9)
 
 
+@_folds.full_precision
 def soft_matching(
     X,
     Y,
@@ -453,6 +456,7 @@ def soft_matching(
     return _soft_result(p, _folds.moments_of(p), solver, cfg, keep_plans)
 
 
+@_folds.full_precision
 def soft_and_semi_matching(
     X,
     Y,
@@ -537,6 +541,7 @@ def _soft_result(p: _folds.Prepared, moments, solver, cfg, keep_plans=True) -> S
     )
 
 
+@_folds.full_precision
 def permutation_score(X, Y, *, n_folds: int = 5, seed: int = 0) -> PermutationResult:
     """Cross-validated permutation score (paper section 3): the exact one-to-one assignment.
 

@@ -396,6 +396,7 @@ def _embed(a, shape, fill=0.0):
     return out
 
 
+@_folds.full_precision
 def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
 
@@ -521,6 +522,7 @@ def _round_up(n: int) -> int:
     return -(-n // _PAD) * _PAD
 
 
+@_folds.full_precision
 def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> RidgeResult:
     """Cross-validated ridge regression score predicting Y from X.
 
@@ -557,6 +559,7 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     )
 
 
+@_folds.full_precision
 def _ridge_materialised(p: _folds.Prepared, alphas):
     """Ridge folds with every fold's train rows gathered and factored by LAPACK-backed SVDs."""
     tests = p.folds.parts

@@ -57,9 +57,10 @@ def test_loss_matches_hand_computation():
         params = sae.init(cfg, jax.random.key(1))
         params = params._replace(b_enc=jnp.linspace(-1, 0.5, L, dtype=jnp.float32))
         counters = jnp.array([0, 1, 5, 0, 1, 2, 0, 0, 9, 1, 0, 3], jnp.int32)
-        total, (mse, aux, new, n_dead) = sae.loss_fn(
-            cfg, params, jnp.asarray(X, jnp.float32), counters
-        )
+        with jax.default_matmul_precision("highest"):  # not TF32 on GPUs: this checks formulas
+            total, (mse, aux, new, n_dead) = sae.loss_fn(
+                cfg, params, jnp.asarray(X, jnp.float32), counters
+            )
         We, be, Wd, bd = (np.asarray(a, np.float64) for a in params)
         pre = X @ We + be
         lat = np.zeros_like(pre)
