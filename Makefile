@@ -40,6 +40,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.topk
 	$(BIN)/python -m benchmarks.metrics
 
 clean:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from superalign import _checks
@@ -180,26 +182,36 @@ def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``jax.lax.top_k(x, k)`` along the last axis, bitwise: same values, same indices.
 
     For a narrow code (``k * width <= 2048``, ``width <= 256``) by k rounds of "take the
-    maximum and the first index holding it", which on the CPU is 1.6-3.5x faster than XLA's
-    sort-based top_k (``benchmarks/RESULTS.md``, "SAE top-k"); otherwise ``lax.top_k``. Ties go
-    to the lower index, as in ``lax.top_k``. Meant for finite inputs (pre-activations).
+    maximum and the first index holding it", which on the CPU is faster than XLA's sort-based
+    top_k (``benchmarks/RESULTS.md``, "SAE top-k"); otherwise ``lax.top_k``. Ties go to the lower
+    index, as in ``lax.top_k``, and the derivative is the same gather. Meant for finite inputs.
     """
     width = x.shape[-1]
     if width > 256 or k * width > 2048:
         return jax.lax.top_k(x, k)
+    return _top_k_rounds(x, k)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _top_k_rounds(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    width = x.shape[-1]
     iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    rest = jax.lax.stop_gradient(x)
     values, indices = [], []
     for _ in range(k):
-        top = jnp.max(rest, axis=-1, keepdims=True)
-        i = jnp.min(jnp.where(rest == top, iota, width - 1), axis=-1)  # width - 1 only for NaN
-        hit = iota == i[..., None]
-        # The value read through the one-hot mask: its gradient reaches the chosen entry only,
-        # as lax.top_k's does.
-        values.append(jnp.sum(jnp.where(hit, x, 0.0), axis=-1))
+        top = jnp.max(x, axis=-1, keepdims=True)
+        i = jnp.min(jnp.where(x == top, iota, width - 1), axis=-1)  # width - 1 only for NaN
+        values.append(top[..., 0])
         indices.append(i)
-        rest = jnp.where(hit, -jnp.inf, rest)
+        x = jnp.where(iota == i[..., None], -jnp.inf, x)
     return jnp.stack(values, -1), jnp.stack(indices, -1)
+
+
+@_top_k_rounds.defjvp
+def _top_k_rounds_jvp(k, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    values, indices = _top_k_rounds(x, k)
+    dvalues = jnp.take_along_axis(dx, indices, axis=-1)  # lax.top_k's derivative
+    return (values, indices), (dvalues, np.zeros(indices.shape, jax.dtypes.float0))
 
 
 def _encode_sparse(config: SAEConfig, params: SAEParams, x: jax.Array, k=None):
