@@ -505,8 +505,8 @@ def make_sharded_train(config: SAEConfig, mesh=None, *, shared_x: bool = False):
                     f"{config.n_inputs}], got shape {x.shape}"
                 )
         k = jnp.asarray(config.k if k is None else k, jnp.int32)
-        x = jax.device_put(x, sharding.replicated(mesh) if shared_x else sharding.leading(mesh))
-        return sharded(jax.device_put(keys, sharding.leading(mesh)), x, k)
+        x = sharding.put(x, sharding.replicated(mesh) if shared_x else sharding.leading(mesh))
+        return sharded(sharding.put(keys, sharding.leading(mesh)), x, k)
 
     return train
 

@@ -10,26 +10,68 @@ Single host (the default): nothing to do; ``default_mesh()`` spans ``jax.devices
 several devices on one CPU, start Python with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the tests do this in a subprocess).
 
-Several hosts: every process calls ``jax.distributed.initialize()`` first, before any other JAX
-call (on SLURM, Open MPI and Cloud TPU the arguments are detected; otherwise pass
-``coordinator_address="host0:1234", num_processes=P, process_id=i``). ``jax.devices()`` then lists
+Several processes or hosts: every process calls :func:`initialize` (``jax.distributed.initialize``
+with CPU collectives) first, before any other JAX call (on SLURM, Open MPI and Cloud TPU the
+arguments are detected; otherwise pass ``coordinator_address="host0:1234", num_processes=P,
+process_id=i``). ``jax.devices()`` then lists
 the devices of all processes, ``default_mesh()`` spans them all, and every process runs the same
-program. Inputs of a multi-host call must be global arrays: build them with
-``jax.make_array_from_process_local_data(sharding, local_rows)`` (each process passes its own
-share of the seed keys or of the activation rows); outputs are global arrays whose
-``addressable_shards`` hold each process's seeds. Keys are cheap: it is simplest to derive all of
-them on every process (``jax.random.split(key, n)``) and place them with :func:`put_leading`.
+program. Inputs of a multi-process call must be global arrays: :func:`put` (and :func:`put_leading`)
+build them from a value that every process holds (keys derived from the same seeds on every
+process); outputs are global arrays whose ``addressable_shards`` hold each process's seeds, and
+:func:`gather` collects them once.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from superalign import _checks
+
 SEEDS = "seeds"
 """The default name of the mesh axis."""
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 300,
+) -> None:
+    """Join a multi-process run: ``jax.distributed.initialize`` with CPU collectives enabled.
+
+    Call it in every process before any other JAX call. With all three arguments None, JAX
+    detects the cluster itself (SLURM, Open MPI, Cloud TPU pods, Kubernetes) or reads
+    ``JAX_COORDINATOR_ADDRESS``; otherwise pass ``coordinator_address="host0:1234"`` (process 0's
+    host and a free port), ``num_processes`` and this process's ``process_id``. On CPU devices the
+    processes exchange data through gloo (``jax_cpu_collectives_implementation``), which JAX
+    ships; GPUs and TPUs use their own collectives.
+
+    After it, ``jax.devices()`` lists every process's devices, :func:`default_mesh` spans them,
+    :func:`put` places values on the global mesh and :func:`gather` brings results back.
+    """
+    if num_processes is not None:
+        num_processes = _checks.positive_int("num_processes", num_processes)
+    if process_id is not None and (
+        isinstance(process_id, bool)
+        or not isinstance(process_id, int)
+        or not 0 <= process_id < (num_processes or process_id + 1)
+    ):
+        raise ValueError(
+            f"process_id must be an int in [0, num_processes={num_processes}), got {process_id!r}"
+        )
+    _checks.positive_int("timeout_s", timeout_s)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=timeout_s,
+    )
 
 
 def default_mesh(devices=None, axis_name: str = SEEDS) -> Mesh:
@@ -98,7 +140,47 @@ def put_leading(tree, mesh: Mesh, name: str = "seeds"):
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"{name}: every array needs the same leading axis, got sizes {sizes}")
     check_divisible(name, sizes.pop(), mesh)
-    return jax.device_put(tree, leading(mesh))
+    return put(tree, leading(mesh))
+
+
+def _put_leaf(x, target: NamedSharding):
+    if target.is_fully_addressable:
+        return jax.device_put(x, target)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        data = _put_leaf(jax.random.key_data(x), target)
+        return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl), out_shardings=target)(data)
+    if isinstance(x, jax.Array) and x.sharding == target:
+        return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+def put(tree, target: NamedSharding):
+    """``jax.device_put(tree, target)`` that also works when the mesh spans several processes.
+
+    With one process this is ``jax.device_put``. Under ``jax.distributed`` a sharding over the
+    global devices is not addressable from one process, so each process builds its own shards of
+    the global array from its copy of the value (``jax.make_array_from_callback``): every
+    process must pass the same value (keys derived from the same seeds, the same activations).
+    Typed PRNG key arrays are placed through their key data.
+    """
+    return jax.tree.map(lambda x: _put_leaf(x, target), tree)
+
+
+def gather(tree):
+    """The full value of every leaf as numpy arrays, on every process.
+
+    With one process this is ``np.asarray``; under ``jax.distributed`` the shards of all processes
+    are gathered once (``multihost_utils.process_allgather``), so each process sees every seed.
+    """
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+    )
 
 
 def n_devices_used(x: jax.Array) -> int:

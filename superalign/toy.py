@@ -281,6 +281,6 @@ def make_sharded_train(
             raise ValueError(
                 f"seeds per device ({per_device}) must be a multiple of group_size={group_size}"
             )
-        return sharded(jax.device_put(keys, sharding.leading(mesh)))
+        return sharded(sharding.put(keys, sharding.leading(mesh)))
 
     return train
