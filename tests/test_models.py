@@ -129,6 +129,6 @@ def test_bad_input_is_refused_with_the_expected_form():
     with pytest.raises(ValueError, match=r"float32 \[B, 16, 16, 3\].*got dtype uint8"):
         models.apply(TINY_RESNET, variables, np.zeros((2, 16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="model must be one of"):
-        models.preset("resnet18", num_classes=10, image_size=16)
+        models.preset("resnet200", num_classes=10, image_size=16)
     with pytest.raises(ValueError, match="image_size=30 must be a multiple of patch_size=4"):
         models.ViTConfig(patch_size=4, image_size=30)

@@ -1,12 +1,14 @@
 """Image classifiers of the paper's section 5, with layers addressable by torchvision's names.
 
-Two families share one interface: :mod:`superalign.models.resnet` (ResNet50, ``resnet_small``)
-and :mod:`superalign.models.vit` (ViT-B/16, ``vit_small``). Every function takes the model's
-frozen config; variables are flax's ``{"params": ..., "batch_stats": ...}`` (ViT has no batch
-statistics).
+Two families share one interface: :mod:`superalign.models.resnet` (ResNet18/34/50/101/152,
+``resnet_small``) and :mod:`superalign.models.vit` (ViT-B/16, ViT-B/32, ViT-L/16, ``vit_small``).
+Every function takes the model's frozen config; variables are flax's
+``{"params": ..., "batch_stats": ...}`` (ViT has no batch statistics), drawn by :func:`init` or
+read from a trained torchvision checkpoint by :func:`from_torchvision`
+(:mod:`superalign.models.torchvision`).
 
     cfg = models.resnet50()
-    variables = models.init(cfg, jax.random.key(0))
+    variables = models.init(cfg, jax.random.key(0))  # or models.from_torchvision(cfg, "r50.pth")
     acts = models.extract(cfg, variables, images, ("layer2.3.bn2", "layer4.2.bn2"))
     # acts["layer4.2.bn2"]: [B, 512], the centre position clamped at 0
 
@@ -24,15 +26,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from superalign.models import resnet, vit
-from superalign.models.resnet import ResNetConfig, resnet50, resnet_small
-from superalign.models.vit import ViTConfig, vit_b16, vit_small
+from superalign.models.resnet import (
+    ResNetConfig,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnet_small,
+)
+from superalign.models.torchvision import from_torchvision, state_dict_shapes
+from superalign.models.vit import ViTConfig, vit_b16, vit_b32, vit_l16, vit_small
 
 ModelConfig = ResNetConfig | ViTConfig
 
 PRESETS = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
     "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet152": resnet152,
     "resnet_small": resnet_small,
     "vit_b16": vit_b16,
+    "vit_b32": vit_b32,
+    "vit_l16": vit_l16,
     "vit_small": vit_small,
 }
 """Model constructors by name: ``PRESETS[name](num_classes=..., image_size=...)``."""
@@ -163,6 +180,7 @@ __all__ = [
     "check_images",
     "check_layers",
     "extract",
+    "from_torchvision",
     "init",
     "intermediates",
     "layer_names",
@@ -170,10 +188,17 @@ __all__ = [
     "module",
     "preset",
     "resnet",
+    "resnet18",
+    "resnet34",
     "resnet50",
+    "resnet101",
+    "resnet152",
     "resnet_small",
+    "state_dict_shapes",
     "units",
     "vit",
     "vit_b16",
+    "vit_b32",
+    "vit_l16",
     "vit_small",
 ]

@@ -1,15 +1,22 @@
-"""ResNet (bottleneck, torchvision's v1.5 layout) in flax linen, with torchvision's layer names.
+"""ResNet (torchvision's v1.5 layout) in flax linen, with torchvision's layer names.
 
 Every addressable layer has torchvision's dotted name: ``conv1``, ``bn1`` (stem), per block
-``layer{s}.{b}.bn1`` / ``.bn2`` / ``.bn3`` (batch-norm outputs, before any ReLU) and
-``layer{s}.{b}`` (the block output, after the residual ReLU), and ``avgpool`` (``[B, C]``).
-``s`` counts stages from 1, ``b`` blocks from 0, so ResNet50 has ``layer2.3.bn2`` and
-``layer4.2.bn2``. A layer is recorded (flax ``sow``, collection ``"intermediates"``) only when it is
-listed in the module's ``capture`` field, so an ordinary forward pass stores nothing.
+``layer{s}.{b}.bn1`` / ``.bn2`` (and ``.bn3`` in bottleneck blocks; batch-norm outputs, before any
+ReLU or residual addition) and ``layer{s}.{b}`` (the block output, after the residual ReLU), and
+``avgpool`` (``[B, C]``). ``s`` counts stages from 1, ``b`` blocks from 0, so ResNet50 has
+``layer2.3.bn2`` and ``layer4.2.bn2``. A layer is recorded (flax ``sow``, collection
+``"intermediates"``) only when it is listed in the module's ``capture`` field, so an ordinary
+forward pass stores nothing.
 
-:func:`resnet50` is the paper's model; :func:`resnet_small` is the same code with one block per
-stage, a quarter of the width and a 3x3 stride-1 stem without max-pooling, for small images on a
-CPU.
+:func:`resnet50` is the paper's model; :func:`resnet18`, :func:`resnet34` (basic blocks: two 3x3
+convolutions), :func:`resnet101` and :func:`resnet152` complete torchvision's family (trained
+weights load with :func:`superalign.models.from_torchvision`); :func:`resnet_small` is the
+bottleneck code with one block per stage, a quarter of the width and a 3x3 stride-1 stem without
+max-pooling, for small images on a CPU.
+
+Padding follows PyTorch: convolutions pad ``k // 2`` on every side (explicit, so also symmetric
+for stride 2, unlike ``"SAME"``), and the stem's 3x3 stride-2 max-pool pads one position of
+``-inf`` on every side.
 """
 
 from __future__ import annotations
@@ -23,19 +30,24 @@ import jax.numpy as jnp
 
 from superalign import _checks
 
+BLOCKS = ("basic", "bottleneck")
+"""Residual block kinds: ``"basic"`` (two 3x3 convolutions, ResNet18/34) and ``"bottleneck"``
+(1x1, 3x3, 1x1 with four times the channels, ResNet50/101/152)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig:
-    """A bottleneck ResNet.
+    """A ResNet of basic or bottleneck blocks.
 
     Attributes:
       stage_sizes: blocks per stage (ResNet50: ``(3, 4, 6, 3)``).
       width: channels of the first stage's 3x3 convolutions (ResNet50: 64); stage ``s`` uses
-        ``width * 2**(s-1)`` and outputs four times that.
+        ``width * 2**(s-1)`` and outputs that (basic blocks) or four times that (bottleneck).
       num_classes: size of the classifier.
       image_size: height = width of the input images.
       small_stem: a 3x3 stride-1 stem without max-pooling (small images) instead of the 7x7
         stride-2 convolution and 3x3 stride-2 max-pool.
+      block: ``"bottleneck"`` or ``"basic"`` (see :data:`BLOCKS`).
     """
 
     stage_sizes: tuple = (3, 4, 6, 3)
@@ -43,6 +55,7 @@ class ResNetConfig:
     num_classes: int = 1000
     image_size: int = 224
     small_stem: bool = False
+    block: str = "bottleneck"
 
     def __post_init__(self):
         if not self.stage_sizes or any(
@@ -54,17 +67,25 @@ class ResNetConfig:
         _checks.positive_int("width", self.width)
         _checks.positive_int("num_classes", self.num_classes)
         _checks.positive_int("image_size", self.image_size)
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
 
     @property
     def family(self) -> str:
         return "resnet"
 
+    @property
+    def expansion(self) -> int:
+        """Output channels of a block per channel of its 3x3 convolution: 1 (basic) or 4."""
+        return 4 if self.block == "bottleneck" else 1
+
     def layer_names(self) -> tuple[str, ...]:
         """Every addressable layer, in forward order."""
+        bns = ("bn1", "bn2", "bn3") if self.block == "bottleneck" else ("bn1", "bn2")
         names = ["conv1", "bn1"]
         for s, n_blocks in enumerate(self.stage_sizes, start=1):
             for b in range(n_blocks):
-                names += [f"layer{s}.{b}.bn1", f"layer{s}.{b}.bn2", f"layer{s}.{b}.bn3"]
+                names += [f"layer{s}.{b}.{bn}" for bn in bns]
                 names.append(f"layer{s}.{b}")
         return (*names, "avgpool")
 
@@ -73,15 +94,38 @@ class ResNetConfig:
         if name in ("conv1", "bn1"):
             return self.width
         if name == "avgpool":
-            return self.width * 2 ** (len(self.stage_sizes) - 1) * 4
+            return self.width * 2 ** (len(self.stage_sizes) - 1) * self.expansion
         stage = int(name.split(".")[0][len("layer") :])
         inner = self.width * 2 ** (stage - 1)
-        return inner if name.endswith((".bn1", ".bn2")) else 4 * inner
+        # Inside a bottleneck, bn1 and bn2 have the narrow width; a basic block's bn2 is its output.
+        if self.block == "bottleneck" and name.endswith((".bn1", ".bn2")):
+            return inner
+        return self.expansion * inner
+
+
+def resnet18(num_classes: int = 1000, image_size: int = 224) -> ResNetConfig:
+    """ResNet18 (torchvision layout): basic blocks, stages (2, 2, 2, 2), 512 output channels."""
+    return ResNetConfig((2, 2, 2, 2), num_classes=num_classes, image_size=image_size, block="basic")
+
+
+def resnet34(num_classes: int = 1000, image_size: int = 224) -> ResNetConfig:
+    """ResNet34 (torchvision layout): basic blocks, stages (3, 4, 6, 3), 512 output channels."""
+    return ResNetConfig((3, 4, 6, 3), num_classes=num_classes, image_size=image_size, block="basic")
 
 
 def resnet50(num_classes: int = 1000, image_size: int = 224) -> ResNetConfig:
     """ResNet50 (torchvision layout): stages (3, 4, 6, 3), width 64, 2048 output channels."""
     return ResNetConfig(num_classes=num_classes, image_size=image_size)
+
+
+def resnet101(num_classes: int = 1000, image_size: int = 224) -> ResNetConfig:
+    """ResNet101 (torchvision layout): bottlenecks, stages (3, 4, 23, 3), 2048 output channels."""
+    return ResNetConfig((3, 4, 23, 3), num_classes=num_classes, image_size=image_size)
+
+
+def resnet152(num_classes: int = 1000, image_size: int = 224) -> ResNetConfig:
+    """ResNet152 (torchvision layout): bottlenecks, stages (3, 8, 36, 3), 2048 output channels."""
+    return ResNetConfig((3, 8, 36, 3), num_classes=num_classes, image_size=image_size)
 
 
 def resnet_small(num_classes: int = 10, image_size: int = 16) -> ResNetConfig:
@@ -110,6 +154,41 @@ def _batch_norm(train: bool, name: str, zero_init: bool = False) -> nn.BatchNorm
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _conv(features: int, k: int, stride: int, name: str) -> nn.Conv:
+    # Explicit symmetric padding k // 2, as PyTorch's Conv2d(padding=k // 2); flax's "SAME"
+    # would pad (0, 1) for stride 2 on even sizes.
+    return nn.Conv(
+        features, (k, k), (stride, stride), padding=k // 2, use_bias=False,
+        kernel_init=_conv_init, name=name,
+    )  # fmt: skip
+
+
+class BasicBlock(nn.Module):
+    """3x3 (stride here) -> 3x3, projection when the shape changes (ResNet18/34)."""
+
+    inner: int
+    stride: int
+    prefix: str  # e.g. "layer4.1"
+    capture: tuple = ()
+
+    def _tap(self, name: str, x):
+        if name in self.capture:
+            self.sow("intermediates", name, x)
+        return x
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        p = self.prefix
+        y = _conv(self.inner, 3, self.stride, "conv1")(x)
+        y = nn.relu(self._tap(f"{p}.bn1", _batch_norm(train, "bn1")(y)))
+        y = _conv(self.inner, 3, 1, "conv2")(y)
+        y = self._tap(f"{p}.bn2", _batch_norm(train, "bn2")(y))
+        if x.shape[-1] != self.inner or self.stride != 1:
+            x = _conv(self.inner, 1, self.stride, "downsample_conv")(x)
+            x = _batch_norm(train, "downsample_bn")(x)
+        return self._tap(p, nn.relu(x + y))
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here, as in v1.5) -> 1x1 (4x channels), projection when needed."""
 
@@ -126,17 +205,14 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         p = self.prefix
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=k // 2, use_bias=False, kernel_init=_conv_init, name=name
-        )
-        y = conv(self.inner, 1, 1, "conv1")(x)
+        y = _conv(self.inner, 1, 1, "conv1")(x)
         y = nn.relu(self._tap(f"{p}.bn1", _batch_norm(train, "bn1")(y)))
-        y = conv(self.inner, 3, self.stride, "conv2")(y)
+        y = _conv(self.inner, 3, self.stride, "conv2")(y)
         y = nn.relu(self._tap(f"{p}.bn2", _batch_norm(train, "bn2")(y)))
-        y = conv(4 * self.inner, 1, 1, "conv3")(y)
+        y = _conv(4 * self.inner, 1, 1, "conv3")(y)
         y = self._tap(f"{p}.bn3", _batch_norm(train, "bn3")(y))
         if x.shape[-1] != 4 * self.inner or self.stride != 1:
-            x = conv(4 * self.inner, 1, self.stride, "downsample_conv")(x)
+            x = _conv(4 * self.inner, 1, self.stride, "downsample_conv")(x)
             x = _batch_norm(train, "downsample_bn")(x)
         return self._tap(p, nn.relu(x + y))
 
@@ -164,10 +240,12 @@ class ResNet(nn.Module):
         x = self._tap("conv1", x)
         x = nn.relu(self._tap("bn1", _batch_norm(train, "stem_bn")(x)))
         if not cfg.small_stem:
+            # flax pads the window with -inf, as PyTorch's MaxPool2d(3, 2, padding=1).
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        block = Bottleneck if cfg.block == "bottleneck" else BasicBlock
         for s, n_blocks in enumerate(cfg.stage_sizes, start=1):
             for b in range(n_blocks):
-                x = Bottleneck(
+                x = block(
                     inner=cfg.width * 2 ** (s - 1),
                     stride=2 if (b == 0 and s > 1) else 1,
                     prefix=f"layer{s}.{b}",

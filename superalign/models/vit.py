@@ -7,8 +7,10 @@ outputs, before their residual additions) and ``encoder_layer_{i}`` (the block o
 its values (:func:`units`). A layer is recorded (flax ``sow``, collection ``"intermediates"``)
 only when it is listed in the module's ``capture`` field.
 
-:func:`vit_b16` is ViT-B/16 (12 blocks, width 768, 12 heads, MLP 3072); :func:`vit_small` is the
-same code with 6 blocks of width 64 on 4x4 patches, for small images on a CPU.
+:func:`vit_b16` is ViT-B/16 (12 blocks, width 768, 12 heads, MLP 3072); :func:`vit_b32` (32x32
+patches) and :func:`vit_l16` (24 blocks, width 1024, 16 heads, MLP 4096) are torchvision's other
+sizes (trained weights load with :func:`superalign.models.from_torchvision`); :func:`vit_small` is
+the same code with 6 blocks of width 64 on 4x4 patches, for small images on a CPU.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ class ViTConfig:
 def vit_b16(num_classes: int = 1000, image_size: int = 224) -> ViTConfig:
     """ViT-B/16: 16x16 patches, 12 blocks, width 768, 12 heads, MLP 3072."""
     return ViTConfig(num_classes=num_classes, image_size=image_size)
+
+
+def vit_b32(num_classes: int = 1000, image_size: int = 224) -> ViTConfig:
+    """ViT-B/32: 32x32 patches, 12 blocks, width 768, 12 heads, MLP 3072."""
+    return ViTConfig(patch_size=32, num_classes=num_classes, image_size=image_size)
+
+
+def vit_l16(num_classes: int = 1000, image_size: int = 224) -> ViTConfig:
+    """ViT-L/16: 16x16 patches, 24 blocks, width 1024, 16 heads, MLP 4096."""
+    return ViTConfig(
+        hidden=1024, depth=24, heads=16, mlp_dim=4096, num_classes=num_classes,
+        image_size=image_size,
+    )  # fmt: skip
 
 
 def vit_small(num_classes: int = 10, image_size: int = 16) -> ViTConfig:
