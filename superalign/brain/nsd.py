@@ -34,7 +34,8 @@ result is cached in one ``.npz`` per subject so the NIfTI work runs once.
 
 This module does file I/O (it is the package's data-set reader) but prints nothing; progress is
 reported through a callback. It needs nibabel (``pip install 'superalign[brain]'``); reading the
-stimuli needs h5py.
+stimuli needs h5py (imported when they are read): :func:`load_stimuli` reads a selection at once,
+:func:`iter_stimuli` in chunks (``superalign.datasets`` reads them this way, ``name="nsd"``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -483,24 +484,91 @@ def load_subject(
     return data
 
 
-def load_stimuli(root, image_ids) -> np.ndarray:
-    """Stimulus images ``[n, H, W, 3]`` uint8 for 0-based 73k-ids (``imgBrick`` rows)."""
+def _h5py():
     try:
         import h5py
-    except ImportError as err:
+    except ImportError as err:  # h5py is an optional dependency (extra "brain")
         raise ImportError("reading the NSD stimuli needs h5py: pip install h5py") from err
+    return h5py
+
+
+def _brick(f, path: Path):
+    """The ``imgBrick`` dataset of an open stimulus file, checked to be ``[n, H, W, 3]``."""
+    if "imgBrick" not in f:
+        raise ValueError(f"{path} has no dataset 'imgBrick'; it has {sorted(f)}")
+    brick = f["imgBrick"]
+    if brick.ndim != 4 or brick.shape[-1] != 3:
+        raise ValueError(f"{path}: imgBrick must be [n, H, W, 3] images, got shape {brick.shape}")
+    return brick
+
+
+def _check_stimulus_ids(image_ids, n: int) -> np.ndarray:
     ids = np.asarray(image_ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+    if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
         raise ValueError(f"image_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise ValueError(
+            f"image_ids must be 0-based 73k-ids in [0, {n}), got values in "
+            f"[{ids.min()}, {ids.max()}]"
+        )
+    return ids
+
+
+def _read_rows(brick, ids: np.ndarray) -> np.ndarray:
+    unique, inverse = np.unique(ids, return_inverse=True)
+    if unique.size and unique[-1] - unique[0] + 1 == unique.size:  # a contiguous run: one slice
+        rows = brick[int(unique[0]) : int(unique[-1]) + 1]
+    else:
+        rows = brick[unique]  # h5py reads ascending indices
+    return rows[inverse.ravel()]
+
+
+def num_stimuli(root) -> int:
+    """Images in the stimulus file (73,000 in the release)."""
+    path = _require(stimuli_path(root), "NSD stimulus file")
+    with _h5py().File(path, "r") as f:
+        return int(_brick(f, path).shape[0])
+
+
+def load_stimuli(root, image_ids) -> np.ndarray:
+    """Stimulus images ``[n, H, W, 3]`` uint8 for 0-based 73k-ids (``imgBrick`` rows).
+
+    Reads all ``n`` images at once; :func:`iter_stimuli` reads a long selection in chunks.
+    """
+    h5py = _h5py()
     path = _require(stimuli_path(root), "NSD stimulus file")
     with h5py.File(path, "r") as f:
-        if "imgBrick" not in f:
-            raise ValueError(f"{path} has no dataset 'imgBrick'; it has {sorted(f)}")
-        brick = f["imgBrick"]
-        if ids.size and (ids.min() < 0 or ids.max() >= brick.shape[0]):
-            raise ValueError(
-                f"image_ids must be 0-based 73k-ids in [0, {brick.shape[0]}), got values in "
-                f"[{ids.min()}, {ids.max()}]"
-            )
-        unique, inverse = np.unique(ids, return_inverse=True)
-        return brick[unique][inverse]  # h5py reads ascending indices
+        brick = _brick(f, path)
+        return _read_rows(brick, _check_stimulus_ids(image_ids, brick.shape[0]))
+
+
+def iter_stimuli(
+    root, image_ids=None, *, chunk_size: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stimulus images in chunks, never the whole ``[73000, 425, 425, 3]`` brick at once.
+
+    The file and the ids are checked when this is called, before the first chunk is read.
+
+    Args:
+      root: the NSD root.
+      image_ids: ``[n]`` 0-based 73k-ids, in the order wanted (None: every image, in order).
+      chunk_size: images per chunk (256 images of 425 x 425 x 3 are 139 MB).
+
+    Yields:
+      ``(ids, images)``: ``ids [m]`` int64 and ``images [m, H, W, 3]`` uint8, ``m <= chunk_size``,
+      in the order of ``image_ids``.
+    """
+    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    path = _require(stimuli_path(root), "NSD stimulus file")
+    n = num_stimuli(root)
+    ids = np.arange(n, dtype=np.int64) if image_ids is None else _check_stimulus_ids(image_ids, n)
+    return _stimulus_chunks(path, ids, chunk_size)
+
+
+def _stimulus_chunks(path: Path, ids: np.ndarray, chunk_size: int):
+    with _h5py().File(path, "r") as f:
+        brick = _brick(f, path)
+        for lo in range(0, ids.size, chunk_size):
+            chunk = ids[lo : lo + chunk_size]
+            yield chunk, _read_rows(brick, chunk)
