@@ -400,7 +400,7 @@ def image_files(path) -> ImageFiles:
     folder = _check_folder(path)
     classes = folder_classes(folder)
     if not classes:
-        found = [(f, -1) for f in map(Path, os.scandir(folder)) if _is_image(f)]
+        found = [(Path(e), -1) for e in os.scandir(folder) if _is_image(e)]
         nested = [
             d.name
             for d in os.scandir(folder)
