@@ -25,7 +25,9 @@ and :func:`~superalign.brain.nsd.load_subject` keeps that order, dropping the vo
 constant in some session (``voxel_ijk`` are the rows of ``np.argwhere(mask)`` that remain).
 ``nilearn.masking.apply_mask`` and ``unmask`` index the same way (``data[mask]``), so the values
 of column ``v`` of the responses land on voxel ``voxel_ijk[v]``; ``tests/test_brain_maps.py``
-checks this.
+checks this against the order ``read_session`` returns. ``unmask`` keeps NaN (dead voxels);
+``apply_mask`` replaces NaN by 0 (its default ``ensure_finite=True``), so read dead voxels back
+from the image's data, not through ``apply_mask``.
 
 nilearn is imported when a function needs it (it takes seconds to import); figure functions
 return a matplotlib figure and never choose the backend.
