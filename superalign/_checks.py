@@ -46,21 +46,38 @@ def probability(name: str, value) -> float:
 
 
 def array(name: str, x, *, ndim: int | None = None, width: int | None = None, finite: bool = True):
-    """Check rank, last-axis width and finiteness of an array; return it unchanged.
+    """Check type, rank, last-axis width and finiteness of an array.
+
+    Python lists and tuples are accepted and converted with ``np.asarray``. The element type must
+    be real: integers, floats (bfloat16 included) and bool pass (bool is a number here, 0 or 1;
+    callers cast it to float with everything else), complex numbers are refused (their imaginary
+    part would be dropped silently by a cast to float), and so are non-numeric types (object,
+    str, datetime).
 
     Args:
       name: argument name used in the error message.
-      x: numpy or jax array (anything ``np.shape`` understands).
+      x: numpy or jax array (traced ones too), list or tuple.
       ndim: required rank, or None for any.
       width: required size of the last axis, or None for any.
-      finite: whether NaN and Inf are refused.
+      finite: whether NaN and Inf are refused (needs concrete values).
+
+    Returns:
+      ``x`` unchanged, or as a numpy array if it was a list or tuple.
     """
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x)
+        except ValueError as err:  # ragged nesting
+            raise ValueError(
+                f"{name} must be a rectangular array, got a ragged {type(x).__name__}"
+            ) from err
+    dtype = real_dtype(name, x)
     shape = np.shape(x)
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name} must have rank {ndim}, got shape {shape}")
     if width is not None and (len(shape) == 0 or shape[-1] != width):
         raise ValueError(f"{name} must have last dimension {width}, got shape {shape}")
-    if finite:
+    if finite and jnp.issubdtype(dtype, jnp.inexact):
         ok = (
             bool(jnp.isfinite(x).all())
             if not isinstance(x, np.ndarray)
@@ -69,3 +86,13 @@ def array(name: str, x, *, ndim: int | None = None, width: int | None = None, fi
         if not ok:
             raise ValueError(f"{name} must be finite, but it contains NaN or Inf (shape {shape})")
     return x
+
+
+def real_dtype(name: str, x) -> np.dtype:
+    """The dtype of array ``x``; raise unless it is real (integer, float or bool)."""
+    dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(f"{name} must be real, got dtype {dtype}")
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {dtype}")
+    return dtype

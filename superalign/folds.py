@@ -1,9 +1,17 @@
 """Cross-validation machinery shared by the alignment metrics.
 
-The protocol (``REFERENCE.md``, "Alignment protocol"): shuffled K folds with a fixed seed; a unit
-that is all zero in the train part or the test part of any fold is dead and removed once, before
+The protocol (``PROTOCOL.md``, "Alignment protocol"): shuffled K folds with a fixed seed; a unit
+that is constant in the train part or the test part of any fold is dead and removed once, before
 scoring; per fold the columns are centred and scaled to unit norm, the train part with train
 statistics and the test part with test statistics, so correlations are inner products.
+
+Dead units. A unit that is all zero on the rows of some fold part (it never fires there) has no
+correlation with anything there; neither has a unit that is constant at any other value (zero
+variance: a bias-only unit, a saturated unit, a constant column of ones). Every metric treats
+both the same: the unit is removed from X or Y before scoring, reported in the result's
+``dead_x`` / ``dead_y``, and a pair scores as if it had never been there (:func:`live_units`).
+Inputs pass through :func:`check_pair` first: numpy or jax arrays, lists or tuples of real
+numbers (bool counts as 0 / 1); complex, non-numeric, NaN and Inf entries are refused.
 
 Correlations are never formed from the raw rows of each fold's train part. Each row belongs to
 exactly one fold part (the test part of one fold), so one blocked pass over the rows gives, per
@@ -177,12 +185,16 @@ def _check_seed(seed) -> int:
 def check_pair(X, Y) -> tuple[jax.Array, jax.Array]:
     """Validate a pair of response matrices and return them as floating jax arrays.
 
+    Numpy and jax arrays, Python lists and tuples are accepted. Integer and bool entries are cast
+    to float (bool as 0.0 / 1.0: binary responses are valid data); complex and non-numeric
+    entries, NaN and Inf are refused.
+
     Args:
       X: [M, Na] source responses.
       Y: [M, Nb] target responses.
     """
-    _checks.array("X", X, ndim=2)
-    _checks.array("Y", Y, ndim=2)
+    X = _checks.array("X", X, ndim=2)
+    Y = _checks.array("Y", Y, ndim=2)
     if np.shape(X)[0] != np.shape(Y)[0]:
         raise ValueError(
             f"X and Y must have the same number of stimuli (rows), got X {np.shape(X)} "
@@ -218,12 +230,13 @@ def _part_ranges(X: jax.Array, index: jax.Array, mask: jax.Array) -> tuple[jax.A
 
 
 def live_units(name: str, X, folds: Folds) -> LiveUnits:
-    """Apply the dead-unit rule to the columns of ``X``; refuse constant non-zero columns.
+    """Apply the dead-unit rule to the columns of ``X``.
 
-    A column is dead if it is all zero in the test part or the train part of any fold. Every
-    train part is a union of other test parts, so that is the same as: all zero in some part.
-    A column that is constant but not zero in some part (hence in some train or test part) has
-    no defined correlation there; it is refused rather than scored as NaN.
+    A column is dead if it is constant (zero variance) on the test part or the train part of any
+    fold: all zero (a unit that never fires there) or any other constant value. Its correlation
+    with anything is undefined there, so every metric removes it, once, before scoring. Every
+    train part is a union of other test parts, and a column constant on a union is constant on
+    each of its parts, so that is the same as: constant on some part.
 
     Args:
       name: argument name for error messages.
@@ -235,23 +248,12 @@ def live_units(name: str, X, folds: Folds) -> LiveUnits:
     """
     block = block_rows_for(len(folds.sizes), np.shape(X)[1], int(folds.sizes.max()))
     lo, hi = (np.asarray(a) for a in _part_ranges(X, *blocked(folds, block)))
-    zero = (lo == 0) & (hi == 0)
-    constant = (lo == hi) & ~zero
-    dead = zero.any(axis=0)
-    bad = constant.any(axis=0) & ~dead
-    if bad.any():
-        col = int(np.flatnonzero(bad)[0])
-        part = int(np.flatnonzero(constant[:, col])[0])
-        raise ValueError(
-            f"{name} column {col} is constant ({lo[part, col]!r}) but not zero on the rows of fold "
-            f"{part}; its correlation is undefined ({int(bad.sum())} such column(s) in {name} "
-            f"of shape {np.shape(X)})"
-        )
+    dead = (lo == hi).any(axis=0)
     live = np.flatnonzero(~dead)
     if live.size == 0:
         raise ValueError(
-            f"{name} has no live unit: all {np.shape(X)[1]} columns are all zero on the train or "
-            "test rows of some fold"
+            f"{name} has no live unit: all {np.shape(X)[1]} columns are constant (all zero, or "
+            "another constant value) on the train or test rows of some fold"
         )
     return LiveUnits(live, np.flatnonzero(dead))
 
@@ -409,9 +411,8 @@ def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
 
     Every ``ValueError`` of the metrics' inputs is raised here, before any scoring work.
     """
-    if np.ndim(X) == 2 and np.ndim(Y) == 2 and np.shape(X)[0] == np.shape(Y)[0]:
-        check_fold_counts(np.shape(X)[0], n_folds)
     X, Y = check_pair(X, Y)
+    check_fold_counts(X.shape[0], n_folds)
     folds = make_folds(X.shape[0], n_folds, seed)
     units_x = live_units("X", X, folds)
     units_y = live_units("Y", Y, folds)

@@ -14,10 +14,10 @@ def _standardize(a):
 
 
 def _reference_dead(X, n_folds, seed):
-    """Plain numpy loop over scikit-learn's KFold: all zero in any train or test part."""
+    """Plain numpy loop over scikit-learn's KFold: constant in any train or test part."""
     dead = np.zeros(X.shape[1], bool)
     for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(X):
-        dead |= (X[train] == 0).all(0) | (X[test] == 0).all(0)
+        dead |= (X[train] == X[train][0]).all(0) | (X[test] == X[test][0]).all(0)
     return np.flatnonzero(dead)
 
 
@@ -75,11 +75,14 @@ def test_dead_unit_rule_matches_sklearn_loop():
     only[parts[4]] = True
     X[~only, 5] = 0.0  # all zero in the train part of fold 4 (alive only in its test part)
     X[parts[0][:-1], 6] = 0.0  # one non-zero row left in part 0: alive
+    X[:, 7] = 2.5  # constant, not zero, everywhere
+    X[~only, 0] = -1.0  # constant, not zero, on the train part of fold 4
+    X[parts[1][1:], 2] = 3.0  # one other value left in part 1: alive
     dead = F.live_units("X", X, F.make_folds(m, 5, 0)).dead
     np.testing.assert_array_equal(dead, _reference_dead(X, 5, 0))
-    np.testing.assert_array_equal(dead, [1, 3, 5])
+    np.testing.assert_array_equal(dead, [0, 1, 3, 5, 7])
     result = superalign.semi_matching(X, rng.standard_normal((m, 3)))
-    np.testing.assert_array_equal(result.dead_x, [1, 3, 5])
+    np.testing.assert_array_equal(result.dead_x, [0, 1, 3, 5, 7])
     assert result.dead_y.size == 0
 
 
@@ -110,9 +113,7 @@ def _bad_inputs():
     nan[3, 1] = np.nan
     inf = Y.copy()
     inf[0, 0] = np.inf
-    const = X.copy()
-    const[:, 2] = 1.5
-    dead = np.zeros_like(Y)
+    dead = np.ones_like(Y)
     return [
         ("different stimuli", (X, Y[:30]), {}, "same number of stimuli"),
         ("NaN", (nan, Y), {}, "X must be finite"),
@@ -123,7 +124,7 @@ def _bad_inputs():
         ("fewer than 2 rows per fold", (X[:9], Y[:9]), {}, "fewer than 2 rows per fold"),
         ("one fold", (X, Y), {"n_folds": 1}, "n_folds must be an integer >= 2"),
         ("no live unit", (X, dead), {}, "Y has no live unit"),
-        ("constant column", (const, Y), {}, "X column 2 is constant"),
+        ("complex", (X.astype(np.complex64), Y), {}, "X must be real, got dtype complex64"),
     ]
 
 
@@ -136,12 +137,12 @@ def test_bad_input_raises_value_error(metric, fn, extra, case, args, kwargs, mes
         fn(*args, **kwargs, **extra)
 
 
-def test_constant_column_within_one_fold_is_refused():
+def test_constant_column_within_one_fold_is_dead():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((50, 3)).astype(np.float32)
     X[F.kfold_test_indices(50, 5, 0)[1], 0] = 2.0  # constant, non-zero, on one test part
-    with pytest.raises(ValueError, match="X column 0 is constant"):
-        superalign.soft_matching(X, rng.standard_normal((50, 3)))
+    result = superalign.soft_matching(X, rng.standard_normal((50, 3)))
+    np.testing.assert_array_equal(result.dead_x, [0])
 
 
 def test_summary_sem_is_std_over_sqrt_k():
