@@ -27,6 +27,7 @@ from superalign.analysis import (
     n_represented,
     shared_features,
 )
+from superalign.compare import Comparison, compare
 from superalign.features import DataSpec, importance
 from superalign.matching import (
     permutation_score,
