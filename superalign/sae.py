@@ -243,13 +243,16 @@ def encode(
     """Latents and pre-activations of raw inputs.
 
     Args:
-      x: ``[..., n_inputs]`` activations (normalised here for the DNN variant).
+      x: ``[..., n_inputs]`` activations (normalised here for the DNN variant); an array, list
+        or tuple.
       k: None for ``config.k`` active latents, or a (possibly traced) integer scalar
         ``1 <= k <= config.k``: see :func:`make_train`.
 
     Returns:
       ``(latents, pre)``, both ``[..., n_latents]``; ``latents`` has at most ``k`` non-zeros.
     """
+    if isinstance(x, (list, tuple)):
+        x = jnp.asarray(_checks.array("x", x, width=config.n_inputs, finite=False), jnp.float32)
     code, pre = _encode_sparse(config, params, preprocess(config, x), k)
     return _densify(code, config.n_latents), pre
 
@@ -358,13 +361,18 @@ def make_chunk_run(config: SAEConfig):
     return run
 
 
-def check_activations(config: SAEConfig, x, name: str = "x") -> None:
-    """Refuse activations of the wrong rank or width, too few rows, or with NaN or Inf."""
-    _checks.array(name, x, ndim=2, width=config.n_inputs)
-    if x.shape[0] < config.batch_size:
+def check_activations(config: SAEConfig, x, name: str = "x"):
+    """Refuse activations of the wrong rank, width or type, too few rows, or with NaN or Inf.
+
+    Returns ``x``, or a numpy array if it was a list or tuple.
+    """
+    x = _checks.array(name, x, ndim=2, width=config.n_inputs)
+    if np.shape(x)[0] < config.batch_size:
         raise ValueError(
-            f"{name} must have at least batch_size={config.batch_size} rows, got shape {x.shape}"
+            f"{name} must have at least batch_size={config.batch_size} rows, got shape "
+            f"{np.shape(x)}"
         )
+    return x
 
 
 def make_train(config: SAEConfig) -> Callable[[jax.Array, jax.Array], tuple[SAEParams, SAEMetrics]]:
@@ -372,8 +380,10 @@ def make_train(config: SAEConfig) -> Callable[[jax.Array, jax.Array], tuple[SAEP
 
     ``config.n_epochs`` passes of ``M // batch_size`` steps. Seeds are a ``vmap`` axis:
     ``jax.vmap(train)(keys, xs)`` (each seed its own activations) or
-    ``jax.vmap(train, in_axes=(0, None))(keys, x)``. Validate inputs with
-    :func:`check_activations` first (jitted code cannot inspect values).
+    ``jax.vmap(train, in_axes=(0, None))(keys, x)``. ``x`` may also be a list or tuple. Concrete
+    ``x`` is validated (:func:`check_activations`: NaN or Inf raise ``ValueError`` instead of
+    training to NaN parameters); under ``jit`` or a mapped ``vmap`` axis only its shape can be
+    checked, so validate it with :func:`check_activations` before tracing.
 
     ``k``: None trains with ``config.k`` active latents. An integer scalar ``1 <= k <=
     config.k`` (may be traced; not checked inside jit) keeps the ``k`` largest of the top
@@ -386,7 +396,8 @@ def make_train(config: SAEConfig) -> Callable[[jax.Array, jax.Array], tuple[SAEP
         if isinstance(x, jax.core.Tracer):  # traced (jit / vmap): only the shape can be checked
             _checks.array("x", x, ndim=2, width=config.n_inputs, finite=False)
         else:
-            check_activations(config, x)
+            # numpy, a list or a tuple: a jax array (a traced row index cannot index numpy).
+            x = jnp.asarray(check_activations(config, x))
         k_init, k_data = jax.random.split(key)
         epoch_keys = jax.random.split(k_data, config.n_epochs)
         state, metrics = jax.lax.scan(

@@ -195,6 +195,35 @@ def test_train_rejects_bad_activations(x, match):
         sae.train_on_stream(sae.toy_config(8, batch_size=128), jax.random.key(0), lambda: [x])
 
 
+def test_train_and_encode_accept_lists_and_refuse_complex():
+    cfg = sae.toy_config(4, n_latents=8, k=2, batch_size=16)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (32, 4)))
+    train = sae.make_train(cfg)
+    params, metrics = train(jax.random.key(1), x)
+    from_list, list_metrics = train(jax.random.key(1), x.tolist())
+    for a, b in zip(params, from_list, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(metrics.mse, list_metrics.mse)
+    for a, b in zip(sae.encode(cfg, params, x), sae.encode(cfg, params, x.tolist()), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="x must be real, got dtype complex64"):
+        train(jax.random.key(1), x.astype(np.complex64))
+
+
+def test_concrete_non_finite_input_is_refused_and_traced_is_not_checked():
+    cfg = sae.toy_config(4, n_latents=8, k=2, batch_size=16)
+    x = np.ones((32, 4), np.float32)
+    x[5, 2] = np.nan
+    train = sae.make_train(cfg)
+    keys = jax.random.split(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="x must be finite"):
+        train(keys[0], x)
+    with pytest.raises(ValueError, match="x must be finite"):  # unmapped under vmap: concrete
+        jax.vmap(train, in_axes=(0, None))(keys, jnp.asarray(x))
+    params, _ = jax.jit(train)(keys[0], x)  # traced: shape only; NaN goes through
+    assert not np.isfinite(np.asarray(params.W_enc)).all()
+
+
 def test_traced_train_checks_shape():
     train = jax.jit(sae.make_train(sae.toy_config(8, batch_size=128)))
     with pytest.raises(ValueError, match="last dimension 8"):
