@@ -1,0 +1,134 @@
+"""RSA against rsatoolbox: calc_rdm ("correlation", "euclidean") and compare ("spearman",
+"corr") on the same fold rows (scikit-learn's KFold test parts, dead units removed)."""
+
+import importlib
+
+import numpy as np
+import pytest
+import rsatoolbox
+from sklearn.model_selection import KFold
+
+import superalign
+
+rsa_module = importlib.import_module("superalign.rsa")
+
+METHODS = {"spearman": "spearman", "pearson": "corr"}
+
+
+def _live(A, splits):
+    dead = np.zeros(A.shape[1], bool)
+    for train, test in splits:
+        dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
+    return ~dead
+
+
+def _rsatoolbox(X, Y, rdm, compare, n_folds=5, seed=0, rows=None):
+    """Per fold, rsatoolbox's comparison of its two RDMs (float64) on ``rows[k]`` or the test
+    part; correlation RDMs drop the stimuli whose pattern is constant in either system."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
+    X, Y = X[:, _live(X, splits)], Y[:, _live(Y, splits)]
+    out = []
+    for k, (_, test) in enumerate(splits):
+        r = np.sort(test) if rows is None else rows[k]
+        if rdm == "correlation":
+            r = r[(X[r].std(1) > 0) & (Y[r].std(1) > 0)]
+        rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(A[r]), method=rdm) for A in (X, Y)]
+        out.append(rsatoolbox.rdm.compare(*rdms, method=METHODS[compare])[0, 0])
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Shared latents, ReLU in X (some all-zero rows), an offset in Y, dead units in both."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((601, 6))
+    X = np.maximum(z @ rng.standard_normal((6, 17)) - 1.5, 0)
+    Y = z @ rng.standard_normal((6, 11)) + rng.standard_normal((601, 11)) + 2.0
+    X[:, 2] = 0.0
+    Y[:, 5] = 0.0
+    X[::7] = 0.0  # all-zero patterns: undefined correlation distance
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+@pytest.mark.parametrize("rdm", ["correlation", "euclidean"])
+@pytest.mark.parametrize("compare", ["spearman", "pearson"])
+def test_rsa_matches_rsatoolbox(pair, rdm, compare):
+    X, Y = pair
+    result = superalign.rsa(X, Y, rdm=rdm, compare=compare, seed=1)
+    expected = _rsatoolbox(X, Y, rdm, compare, seed=1)
+    np.testing.assert_allclose(result.folds, expected, atol=1e-5)
+    assert result.mean == pytest.approx(expected.mean(), abs=1e-5)
+    np.testing.assert_array_equal(result.dead_x, [2])
+    np.testing.assert_array_equal(result.dead_y, [5])
+    parts = superalign.folds.kfold_test_indices(601, 5, 1)
+    if rdm == "correlation":  # the all-zero rows of X (Y has none) are dropped, nothing else
+        assert (Y[:, [j for j in range(11) if j != 5]].std(1) > 0).all()
+        dropped = [int((X[p].max(1) == 0).sum()) for p in parts]
+        assert min(dropped) > 0
+    else:
+        dropped = [0] * 5
+    np.testing.assert_array_equal(result.n_dropped, dropped)
+    np.testing.assert_array_equal(
+        result.n_stimuli, [len(p) - d for p, d in zip(parts, dropped, strict=True)]
+    )
+
+
+def test_spearman_ties_use_average_ranks():
+    # Small integer patterns: squared distances are exact in float32 and heavily tied.
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 3, (300, 4)).astype(np.float32)
+    Y = (X[:, :3] + rng.integers(0, 2, (300, 3))).astype(np.float32)
+    result = superalign.rsa(X, Y, rdm="euclidean")
+    np.testing.assert_allclose(result.folds, _rsatoolbox(X, Y, "euclidean", "spearman"), atol=1e-6)
+
+
+def test_upper_triangle_lists_every_pair_once():
+    s = 10
+    D = np.arange(s * s, dtype=np.float32).reshape(s, s)
+    tri = np.asarray(rsa_module.upper_triangle(D))
+    assert tri.shape == (s // 2, s - 1)
+    np.testing.assert_array_equal(np.sort(tri.ravel()), D[np.triu_indices(s, 1)])
+
+
+def test_large_folds_are_subsampled_with_the_documented_rows(pair):
+    X, Y = pair
+    result = superalign.rsa(X, Y, rdm="euclidean", compare="pearson", max_stimuli=50, seed=2)
+    assert (result.n_stimuli == 50).all()
+    rows = []
+    for k, part in enumerate(superalign.folds.kfold_test_indices(601, 5, 2)):
+        part = np.sort(part)
+        rows.append(np.sort(part[np.random.default_rng((2, k)).permutation(len(part))[:50]]))
+    expected = _rsatoolbox(X, Y, "euclidean", "pearson", seed=2, rows=rows)
+    np.testing.assert_allclose(result.folds, expected, atol=1e-5)
+
+
+def test_second_call_does_not_recompile(pair):
+    X, Y = pair
+    superalign.rsa(X, Y)
+    before = rsa_module._rsa_folds._cache_size()
+    X2 = X.copy()
+    X2[:, 8] = 0.0  # a dead unit and different dropped rows: same shapes
+    X2[1::11] = 0.0
+    result = superalign.rsa(X2, Y, seed=0)
+    np.testing.assert_array_equal(result.dead_x, [2, 8])
+    assert rsa_module._rsa_folds._cache_size() == before
+
+
+def test_bad_input_is_refused(pair):
+    X, Y = pair
+    with pytest.raises(ValueError, match=r"rdm must be one of \('correlation', 'euclidean'\)"):
+        superalign.rsa(X, Y, rdm="cosine")
+    with pytest.raises(ValueError, match="compare must be one of .*'kendall'"):
+        superalign.rsa(X, Y, compare="kendall")
+    with pytest.raises(ValueError, match="max_stimuli must be at least 3"):
+        superalign.rsa(X, Y, max_stimuli=2)
+    with pytest.raises(ValueError, match="same number of stimuli"):
+        superalign.rsa(X, Y[:-1])
+    with pytest.raises(ValueError, match="finite"):
+        superalign.rsa(np.full_like(X, np.inf), Y)
+    with pytest.raises(ValueError, match="n_folds"):
+        superalign.rsa(X, Y, n_folds=0)
+    Z = np.repeat((np.arange(40) % 2 + 1.0)[:, None], 2, axis=1)  # every pattern constant
+    with pytest.raises(ValueError, match="non-constant pattern in both X and Y"):
+        superalign.rsa(Z, np.random.default_rng(0).standard_normal((40, 2)))
