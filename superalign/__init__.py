@@ -27,6 +27,7 @@ from superalign.analysis import (
     n_represented,
     shared_features,
 )
+from superalign.cka import cka
 from superalign.compare import Comparison, compare
 from superalign.features import DataSpec, importance
 from superalign.matching import (
@@ -37,5 +38,7 @@ from superalign.matching import (
 )
 from superalign.recovery import lasso, omp
 from superalign.regression import ridge_regression
+from superalign.rotation import rotation_score
+from superalign.rsa import rsa
 from superalign.sae import SAEConfig, SAEParams, dnn_config, toy_config
 from superalign.toy import ToyConfig, ToyParams
