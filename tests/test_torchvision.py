@@ -167,6 +167,13 @@ def test_wrapped_and_prefixed_state_dicts_and_safetensors(resnet18_case, tmp_pat
     def same(variables):
         jax.tree.map(np.testing.assert_array_equal, variables, expected)
 
+    # The structure and dtypes of freshly initialised variables.
+    fresh = jax.eval_shape(models.init, cfg, jax.random.key(0))
+    assert jax.tree.structure(expected) == jax.tree.structure(fresh)
+    assert jax.tree.leaves(jax.tree.map(lambda a: (a.shape, a.dtype), expected)) == (
+        jax.tree.leaves(jax.tree.map(lambda a: (a.shape, a.dtype), fresh))
+    )
+
     ddp = {f"module.{k}": v for k, v in state.items()}
     path = tmp_path / "checkpoint.pt"
     torch.save({"epoch": 7, "model_state_dict": ddp, "optimizer": {"lr": 0.1}}, path)
