@@ -168,7 +168,7 @@ def test_wrapped_and_prefixed_state_dicts_and_safetensors(resnet18_case, tmp_pat
         jax.tree.map(np.testing.assert_array_equal, variables, expected)
 
     # The structure and dtypes of freshly initialised variables.
-    fresh = jax.eval_shape(models.init, cfg, jax.random.key(0))
+    fresh = jax.eval_shape(lambda k: models.init(cfg, k), jax.random.key(0))
     assert jax.tree.structure(expected) == jax.tree.structure(fresh)
     assert jax.tree.leaves(jax.tree.map(lambda a: (a.shape, a.dtype), expected)) == (
         jax.tree.leaves(jax.tree.map(lambda a: (a.shape, a.dtype), fresh))
