@@ -17,8 +17,11 @@ the paper's constructions and the exact population value of each score:
   sparsity patterns"); closed forms :func:`shift_score`, :func:`shift_ridge`.
 - :func:`gaussian_mixing`, :func:`recovery_problem`, :func:`make_recovery_sweep`: random mixing
   with ``N < F`` and the recovery of ``Z`` from each system by OMP (``superalign.recovery``).
-- :func:`population_scores`: the population permutation, soft-matching, semi-matching and ridge
-  scores of any pair of mixing matrices (the reference every measured score converges to).
+- :func:`population_scores`: the population permutation, soft-matching, semi-matching, ridge,
+  linear CKA and rotation scores of any pair of mixing matrices (the reference every measured
+  score converges to); :func:`population_cka`, :func:`population_rotation`, and the closed forms
+  :func:`level_cka`, :func:`level_rotation`, :func:`shift_cka`, :func:`shift_rotation` of the
+  two examples.
 
 Everything here is pure; sampling takes an explicit key.
 """
@@ -226,6 +229,8 @@ class PopulationScores(NamedTuple):
       semi: every unit of b takes its best unit of a (``direction="target"``).
       ridge: mean over units of b of the correlation of the best linear prediction from a.
       ridge_reverse: the same, predicting a from b.
+      cka: linear CKA (:func:`population_cka`).
+      rotation: the orthogonal Procrustes rotation score (:func:`population_rotation`).
     """
 
     permutation: float
@@ -233,6 +238,8 @@ class PopulationScores(NamedTuple):
     semi: float
     ridge: float
     ridge_reverse: float
+    cka: float = float("nan")
+    rotation: float = float("nan")
 
 
 def population_correlations(A_a, A_b) -> jax.Array:
@@ -289,7 +296,131 @@ def population_scores(A_a, A_b) -> PopulationScores:
         semi=float(G.max(axis=0).mean()),
         ridge=float(np.mean(population_ridge(A_a, A_b))),
         ridge_reverse=float(np.mean(population_ridge(A_b, A_a))),
+        cka=population_cka(A_a, A_b),
+        rotation=population_rotation(A_a, A_b),
     )
+
+
+def population_cka(A_a, A_b) -> float:
+    """Linear CKA of ``Z A_a`` and ``Z A_b`` for whitened ``Z`` (float64, host).
+
+    The centred population covariances are ``A_a^T A_a``, ``A_b^T A_b`` and the cross-covariance
+    ``A_a^T A_b``, so (the sample CKA's limit, biased or unbiased estimator alike)
+
+        CKA = ||A_a^T A_b||_F^2 / (||A_a^T A_a||_F ||A_b^T A_b||_F).
+
+    CKA does not scale units, so the column norms of the mixings matter (unlike for the
+    correlation-based scores). For Gaussian ``Z`` this is also the population Pearson RSA of the
+    squared-Euclidean RDMs (``Cov(u^T M u, u^T N u) = 2 tr(M S N S)`` for Gaussian ``u``); for
+    other latents fourth moments enter there, and RSA has no closed form in general.
+
+    Args:
+      A_a: [F, Na] mixing matrix of system a.
+      A_b: [F, Nb] mixing matrix of system b.
+    """
+    A_a, A_b = (np.asarray(A, np.float64) for A in _check_mixing_pair(A_a, A_b))
+    cross = np.linalg.norm(A_a.T @ A_b) ** 2
+    return float(cross / (np.linalg.norm(A_a.T @ A_a) * np.linalg.norm(A_b.T @ A_b)))
+
+
+def population_rotation(A_a, A_b) -> float:
+    """Rotation score (``superalign.rotation_score``) of ``Z A_b`` from ``Z A_a``, whitened Z.
+
+    The z-scored units are ``Z a`` and ``Z b`` with unit-norm columns ``a``, ``b`` of the
+    mixings; their cross-covariance is ``G = a^T b`` (:func:`population_correlations`) and the
+    Procrustes rotation (zero padding is implicit, as in the sample score) is ``R = U V^T`` from
+    the thin SVD ``G = U S V^T``. Unit j of b is predicted by ``Z a R e_j``, with correlation
+
+        r_j = (R^T G)_jj / sqrt((R^T a^T a R)_jj),
+
+    and the score is the mean of ``r_j`` over the units of b (0 for a unit predicted by 0). When
+    a's units are orthonormal (``a^T a = I``) the denominators are 1 and the score is
+    ``tr(R^T G) / Nb``, at least any permutation's ``tr(P^T G) / Nb``; with correlated units of
+    a the per-unit normalisation can, in principle, reverse that.
+
+    Args:
+      A_a: [F, Na] mixing matrix of the source system.
+      A_b: [F, Nb] mixing matrix of the target system.
+    """
+    A_a, A_b = (np.asarray(A, np.float64) for A in _check_mixing_pair(A_a, A_b))
+    a = A_a / np.linalg.norm(A_a, axis=0)
+    b = A_b / np.linalg.norm(A_b, axis=0)
+    G = a.T @ b
+    u, _, vt = np.linalg.svd(G, full_matrices=False)
+    R = u @ vt
+    num = (R * G).sum(0)
+    var = ((a @ R) ** 2).sum(0)
+    ok = var > 1e-12
+    return float(np.where(ok, num / np.sqrt(np.where(ok, var, 1.0)), 0.0).mean())
+
+
+def level_cka(n_features: int, n: int) -> float:
+    """Linear CKA of ``Z`` against ``Z`` :func:`equal_mixing` ``(F, n)``: ``sqrt(3n / (2n^2+1))``.
+
+    Derivation: ``A_a = I``, so ``||A_a^T A_b||_F^2 = ||A_b||_F^2 = F`` (unit-norm columns) and
+    ``||A_a^T A_a||_F = sqrt(F)``. ``A_b^T A_b`` is circulant with entry ``(n - |d|) / n`` at
+    cyclic offset ``|d| < n``; if ``2n - 1 <= F`` these offsets do not wrap onto each other, so
+    ``||A_b^T A_b||_F^2 = F sum_{|d|<n} (n - |d|)^2 / n^2 = F (2n^2 + 1) / (3n)``. Hence
+    ``CKA = F / (sqrt(F) sqrt(F (2n^2+1) / (3n)))``. It falls more slowly than the permutation
+    score ``1/sqrt(n)`` (2n^2+1 < 3n^2): CKA sees the shared subspace, not the units.
+    """
+    n_features = _checks.positive_int("n_features", n_features)
+    n = _int_in("n", n, 1, (n_features + 1) // 2)
+    return math.sqrt(3 * n / (2 * n * n + 1))
+
+
+def level_rotation(n_features: int, n: int) -> float:
+    """Rotation score of ``Z`` against ``Z`` :func:`equal_mixing` ``(F, n)`` (either direction).
+
+    Derivation: ``a = I``, so the score is ``tr(R^T G) / F``, the mean singular value of the
+    circulant ``G = A_b`` (:func:`population_rotation`). Its singular values are the moduli of
+    its eigenvalues ``sum_{t<n} w^{kt} / sqrt(n)`` (``w = exp(2 pi i / F)``), a Dirichlet kernel:
+
+        score = (n + sum_{k=1}^{F-1} |sin(pi k n / F) / sin(pi k / F)|) / (F sqrt(n)).
+
+    From ``A_b`` to ``I`` the prediction ``a R`` is the symmetric square root of ``A_b A_b^T``,
+    whose rows have norm 1, and the score is the same mean singular value.
+    """
+    n_features = _checks.positive_int("n_features", n_features)
+    n = _int_in("n", n, 1, n_features)
+    k = np.arange(1, n_features)
+    kernel = np.abs(np.sin(np.pi * k * n / n_features) / np.sin(np.pi * k / n_features))
+    return float((n + kernel.sum()) / (n_features * np.sqrt(n)))
+
+
+def shift_rotation(n_features: int, group: int, shift: int) -> float:
+    """Rotation score of :func:`grouped_mixing` ``(F, g, 0)`` against ``(F, g, s)``.
+
+    Derivation: both mixings have orthonormal columns, so the score is the mean singular value of
+    ``G = ((g - s') I + s' P) / g`` (``P`` the cyclic shift of the ``m = F / g`` units), a
+    circulant with eigenvalues ``((g - s') + s' exp(2 pi i k / m)) / g``:
+
+        score = (1/m) sum_{k<m} |(g - s') + s' exp(2 pi i k / m)| / g.
+
+    Pairs against shifted pairs (g = 2, s = 1): ``(1/m) sum_k |cos(pi k / m)|``, about
+    ``2/pi = 0.64`` for large m, above the permutation score 1/2.
+    """
+    n_features = _checks.positive_int("n_features", n_features)
+    group = _checks.positive_int("group", group)
+    if n_features % group:
+        raise ValueError(f"n_features={n_features} must be a multiple of group={group}")
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Integral):
+        raise ValueError(f"shift must be an integer, got {shift!r}")
+    s = shift % group
+    m = n_features // group
+    k = np.arange(m)
+    return float(np.abs((group - s) + s * np.exp(2j * np.pi * k / m)).mean() / group)
+
+
+def shift_cka(group: int, shift: int) -> float:
+    """Linear CKA of :func:`grouped_mixing` ``(F, g, 0)`` against ``(F, g, s)``.
+
+    Derivation: both mixings have orthonormal columns, so ``||A^T A||_F^2 = F / g`` on each side,
+    and ``G = A_a^T A_b`` has one entry ``(g - s')/g`` and one ``s'/g`` per column
+    (:func:`shift_score`), so ``CKA = ((g - s')^2 + s'^2) / g^2``: the square of
+    :func:`shift_ridge`.
+    """
+    return shift_ridge(group, shift) ** 2
 
 
 def _check_mixing_pair(A_a, A_b, names=("A_a", "A_b")):

@@ -227,3 +227,84 @@ def test_notebook_runs_the_tiny_experiment(theory_notebook):
     ):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Linear CKA and the rotation score.
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_level_cka_and_rotation_closed_forms(n):
+    f = 24
+    A_b = theory.equal_mixing(f, n)
+    pop = theory.population_scores(np.eye(f), A_b)
+    assert pop.cka == pytest.approx(theory.level_cka(f, n), abs=1e-6)
+    assert pop.rotation == pytest.approx(theory.level_rotation(f, n), abs=1e-6)
+    # The other direction: the same mean singular value.
+    assert theory.population_rotation(A_b, np.eye(f)) == pytest.approx(pop.rotation, abs=1e-6)
+    # Against an independent float64 numpy computation from the definitions.
+    A = np.asarray(A_b, np.float64)
+    cka = np.linalg.norm(A) ** 4 / (np.sqrt(f) * np.linalg.norm(A.T @ A)) / np.linalg.norm(A) ** 2
+    assert pop.cka == pytest.approx(cka, abs=1e-6)
+    assert pop.rotation == pytest.approx(np.linalg.svd(A, compute_uv=False).mean(), abs=1e-6)
+    # 1e-6: the permutation score comes from float32 correlations.
+    assert pop.permutation <= pop.rotation + 1e-6 <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("group", [2, 4, 8])
+def test_shift_cka_and_rotation_closed_forms(group):
+    f = 48
+    for shift in range(group + 1):
+        A_a, A_b = theory.grouped_mixing(f, group, 0), theory.grouped_mixing(f, group, shift)
+        pop = theory.population_scores(A_a, A_b)
+        assert pop.cka == pytest.approx(theory.shift_cka(group, shift), abs=1e-6)
+        assert pop.rotation == pytest.approx(theory.shift_rotation(f, group, shift), abs=1e-6)
+        # 1e-6: the permutation score comes from float32 correlations.
+    assert pop.permutation <= pop.rotation + 1e-6 <= 1 + 1e-6
+
+
+def test_population_cka_and_rotation_against_a_large_sample():
+    # Random mixings (correlated, unequal units): numpy's float64 sample CKA and a plain
+    # Procrustes fit on a huge Gaussian Z converge to the population values.
+    rng = np.random.default_rng(1)
+    A_a, A_b = rng.standard_normal((10, 6)), rng.standard_normal((10, 8))
+    Z = rng.standard_normal((200_000, 10))
+    Xa, Xb = Z @ A_a, Z @ A_b
+    Xa, Xb = Xa - Xa.mean(0), Xb - Xb.mean(0)
+    cka = np.linalg.norm(Xa.T @ Xb) ** 2 / (np.linalg.norm(Xa.T @ Xa) * np.linalg.norm(Xb.T @ Xb))
+    assert theory.population_cka(A_a, A_b) == pytest.approx(cka, abs=0.01)
+    Sa, Sb = Xa / Xa.std(0), Xb / Xb.std(0)
+    u, _, vt = np.linalg.svd(Sa.T @ Sb, full_matrices=False)
+    pred = Sa @ (u @ vt)
+    r = [np.corrcoef(pred[:, j], Sb[:, j])[0, 1] for j in range(8)]
+    assert theory.population_rotation(A_a, A_b) == pytest.approx(np.mean(r), abs=0.01)
+
+
+def test_measured_cka_and_rotation_meet_the_closed_forms():
+    # The library's cross-validated metrics on samples: within 0.01 of the closed forms, and
+    # permutation <= rotation <= 1 (measured) on every construction.
+    f = 32
+    Z = _latents(20_000, f, 0)
+    pairs = [(Z, Z @ theory.equal_mixing(f, n), n, None) for n in (2, 8)]
+    pairs.append((Z @ theory.grouped_mixing(f, 2, 0), Z @ theory.grouped_mixing(f, 2, 1), 2, 1))
+    for Ya, Yb, n_or_g, shift in pairs:
+        if shift is None:
+            cka, rot = theory.level_cka(f, n_or_g), theory.level_rotation(f, n_or_g)
+        else:
+            cka, rot = theory.shift_cka(n_or_g, shift), theory.shift_rotation(f, n_or_g, shift)
+        for debiased in (False, True):
+            assert superalign.cka(Ya, Yb, debiased=debiased).mean == pytest.approx(cka, abs=0.01)
+        measured = superalign.rotation_score(Ya, Yb).mean
+        assert measured == pytest.approx(rot, abs=0.01), (n_or_g, shift)
+        assert superalign.permutation_score(Ya, Yb).mean <= measured <= 1.0
+
+
+def test_cka_and_rotation_bad_input_is_refused():
+    with pytest.raises(ValueError, match=r"n must be an integer in 1..12"):
+        theory.level_cka(24, 13)  # offsets would wrap onto each other
+    with pytest.raises(ValueError, match="must mix the same number of features"):
+        theory.population_rotation(np.eye(4), np.eye(5))
+    with pytest.raises(ValueError, match="A_a must have no all-zero column"):
+        theory.population_cka(np.zeros((4, 2)), np.eye(4))
+    with pytest.raises(ValueError, match="n_features=10 must be a multiple of group=4"):
+        theory.shift_rotation(10, 4, 1)
