@@ -1,0 +1,171 @@
+"""CKA, RSA and the rotation score, timed in one run on one machine.
+
+Run by hand: ``python -m benchmarks.similarity`` (``--quick`` for a small smoke run, ``--only``
+for one part). Prints, per problem, the score and the time of each call (the first includes
+compilation), and for RSA rsatoolbox's score and time on the same fold rows.
+
+- CKA: planted float32 data (shared latents read through two random mixings, plus noise) built
+  block by block on the device, so the peak memory is the two matrices plus one block; the peak
+  resident memory of the process (``resource.getrusage``) is printed after each size.
+  ``--cka-rows``/``--cka-units`` choose the size (the default is the full 100,000 x 16,384 per
+  side, about 13 GB of data and 3 GB of accumulators).
+- RSA: superalign against a plain loop over scikit-learn's KFold test parts with rsatoolbox's
+  ``calc_rdm`` and ``compare`` (correlation RDMs, Spearman), dead units removed as the library
+  does; the largest per-fold difference is printed.
+- Rotation score: 4,096 units per side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import numpy as np
+
+from benchmarks.metrics import machine
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def planted(m: int, n: int, seed: int, n_latents: int = 256, block: int = 4096):
+    """Two [m, n] float32 jax arrays reading the same latents, generated in row blocks.
+
+    ``X = relu(Z A + noise)``, ``Y = Z B + noise`` with Gaussian ``Z`` [m, n_latents]; each block
+    of rows is drawn from its own key, so the peak is the outputs plus one block.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n_blocks = -(-m // block)
+    k_a, k_b, k_rows = jax.random.split(jax.random.key(seed), 3)
+    A = jax.random.normal(k_a, (n_latents, n)) / np.sqrt(n_latents)
+    B = jax.random.normal(k_b, (n_latents, n)) / np.sqrt(n_latents)
+
+    @jax.jit
+    def make():
+        def one(key):
+            kz, kx, ky = jax.random.split(key, 3)
+            z = jax.random.normal(kz, (block, n_latents))
+            x = jnp.maximum(z @ A + 0.5 * jax.random.normal(kx, (block, n)), 0.0)
+            y = z @ B + 0.5 * jax.random.normal(ky, (block, n))
+            return x, y
+
+        x, y = jax.lax.map(one, jax.random.split(k_rows, n_blocks))
+        return x.reshape(-1, n)[:m], y.reshape(-1, n)[:m]
+
+    return make()
+
+
+def bench_cka(rows: int, units: int):
+    import jax
+
+    import superalign
+
+    print(f"\n## CKA: {rows:,} stimuli x {units:,} units per side, 5 folds (test parts)")
+    (X, Y), t_make = _timed(lambda: jax.block_until_ready(planted(rows, units, seed=0)))
+    print(f"data generated in {t_make:.1f} s; peak RSS {_peak_gib():.2f} GiB", flush=True)
+    for debiased in (False, True):
+        out, t = _timed(superalign.cka, X, Y, debiased=debiased)
+        print(
+            f"cka debiased={debiased!s:5s} {out.mean:.6f} +- {out.sem:.6f} ({t:8.2f} s incl. "
+            f"compile on the first call); peak RSS {_peak_gib():.2f} GiB",
+            flush=True,
+        )
+    del X, Y
+
+
+def rsatoolbox_rsa(X, Y, n_folds=5, seed=0, rdm="correlation", compare="spearman"):
+    """A plain loop: KFold test parts, dead units removed, rsatoolbox's RDMs and comparison."""
+    import rsatoolbox
+    from sklearn.model_selection import KFold
+
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
+    live = []
+    for A in (X, Y):
+        dead = np.zeros(A.shape[1], bool)
+        for train, test in splits:
+            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
+        live.append(~dead)
+    X, Y = X[:, live[0]], Y[:, live[1]]
+    method = {"spearman": "spearman", "pearson": "corr"}[compare]
+    out = []
+    for _, test in splits:
+        r = np.sort(test)
+        if rdm == "correlation":
+            r = r[(X[r].std(1) > 0) & (Y[r].std(1) > 0)]
+        rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(A[r]), method=rdm) for A in (X, Y)]
+        out.append(rsatoolbox.rdm.compare(*rdms, method=method)[0, 0])
+    return np.array(out)
+
+
+def bench_rsa(problems):
+    import superalign
+
+    print("\n## RSA: correlation RDMs, Spearman, 5 folds; superalign vs rsatoolbox loop")
+    for m, n in problems:
+        X, Y = (np.asarray(a) for a in planted(m, n, seed=1))
+        first, t_first = _timed(superalign.rsa, X, Y)
+        ours, t_ours = _timed(superalign.rsa, X, Y)
+        ref, t_ref = _timed(rsatoolbox_rsa, X, Y)
+        diff = np.abs(ours.folds - ref).max()
+        print(
+            f"rsa {m}x{n} (RDMs of {ours.n_stimuli.max()} stimuli) superalign {ours.mean:.6f} "
+            f"({t_ours:.3f} s; first call {t_first:.2f} s)  rsatoolbox {ref.mean():.6f} "
+            f"({t_ref:.3f} s)  max fold diff {diff:.2e}  rsatoolbox/superalign time "
+            f"{t_ref / t_ours:.2f}x (first call {t_ref / t_first:.2f}x)",
+            flush=True,
+        )
+
+
+def bench_rotation(rows: int, units: int):
+    import superalign
+
+    print(f"\n## rotation score: {rows:,} stimuli x {units:,} units per side, 5 folds")
+    X, Y = planted(rows, units, seed=2)
+    first, t_first = _timed(superalign.rotation_score, X, Y)
+    out, t = _timed(superalign.rotation_score, X, Y)
+    print(
+        f"rotation {out.mean:.6f} +- {out.sem:.6f} ({t:.2f} s; first call {t_first:.2f} s); "
+        f"peak RSS {_peak_gib():.2f} GiB",
+        flush=True,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--only", choices=["cka", "rsa", "rotation"], default=None)
+    parser.add_argument("--cka-rows", type=int, default=100_000)
+    parser.add_argument("--cka-units", type=int, default=16_384)
+    parser.add_argument("--rotation-rows", type=int, default=20_000)
+    parser.add_argument("--rotation-units", type=int, default=4_096)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    if args.quick:
+        cka_size, rsa_problems, rot_size = (5_000, 512), [(1_000, 256)], (2_000, 256)
+    else:
+        cka_size = (args.cka_rows, args.cka_units)
+        rsa_problems = [(2_000, 1_024), (10_000, 1_024)]
+        rot_size = (args.rotation_rows, args.rotation_units)
+    if args.only in (None, "rsa"):
+        bench_rsa(rsa_problems)
+    if args.only in (None, "rotation"):
+        bench_rotation(*rot_size)
+    if args.only in (None, "cka"):
+        bench_cka(*cka_size)
+    print(f"\nend: load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
