@@ -184,9 +184,10 @@ def _fold_rows(p: _folds.Prepared, drop, max_stimuli: int, seed: int):
         kept = part[~drop[part]] if drop is not None else part
         dropped.append(len(part) - len(kept))
         if len(kept) < 3:
+            which = "" if drop is None else " with a non-constant pattern in both X and Y"
             raise ValueError(
-                f"fold {k} has {len(kept)} test stimuli with a non-constant pattern in both X "
-                f"and Y (of {len(part)}); rdm='correlation' needs at least 3 to compare RDMs"
+                f"fold {k} has {len(kept)} test stimuli{which} (of {len(part)}); comparing RDMs "
+                "needs at least 3"
             )
         if len(kept) > max_stimuli:
             perm = np.random.default_rng((seed, k)).permutation(len(kept))

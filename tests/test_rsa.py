@@ -132,3 +132,6 @@ def test_bad_input_is_refused(pair):
     Z = np.repeat((np.arange(40) % 2 + 1.0)[:, None], 2, axis=1)  # every pattern constant
     with pytest.raises(ValueError, match="non-constant pattern in both X and Y"):
         superalign.rsa(Z, np.random.default_rng(0).standard_normal((40, 2)))
+    small = np.random.default_rng(1).standard_normal((10, 3))
+    with pytest.raises(ValueError, match="fold 0 has 2 test stimuli .*needs at least 3"):
+        superalign.rsa(small, small, rdm="euclidean")
