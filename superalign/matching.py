@@ -1,14 +1,23 @@
 """Matching alignment scores: semi-matching, soft-matching and the permutation score.
 
-All three follow the paper's protocol (``REFERENCE.md``, "Alignment protocol"): shuffled K folds,
+All three follow the paper's protocol (``PROTOCOL.md``, "Alignment protocol"): shuffled K folds,
 dead units removed once, units matched on train correlations, the match scored on test
 correlations; the result reports every fold, the mean and the standard error over folds.
 
+Inputs (``folds.check_pair``): numpy or jax arrays, lists or tuples of real numbers; bool is cast
+to 0.0 / 1.0; complex or non-numeric entries, NaN and Inf raise ``ValueError``. Dead units
+(``folds.live_units``): a unit that is constant (all zero or any other value) on the train or
+test rows of some fold has no correlation there and is removed before matching, so a pair scores
+exactly as it would without that unit; its index is reported in ``dead_x`` / ``dead_y``.
+
 Soft-matching solves the optimal transport problem between uniform marginals for the cost
-``1 - train correlation`` with ott-jax's Sinkhorn. Correlation spreads are small (random
-populations: std about 0.02), so the regularisation is set relative to the spread of the cost and
-reached by a decreasing schedule; the plan is then rounded onto the transport polytope
-(Altschuler, Weed & Rigollet 2017) so the score never exceeds what a feasible plan achieves.
+``1 - train correlation``. ``solver="auto"`` (the default) solves it exactly where both sides are
+small (scipy's ``linear_sum_assignment`` for equal sizes, POT's network simplex otherwise: a few
+milliseconds there) and with ott-jax's Sinkhorn above (:func:`auto_solver`). Correlation spreads
+are small (random populations: std about 0.02), so Sinkhorn's regularisation is set relative to
+the spread of the cost and reached by a decreasing schedule; the plan is then rounded onto the
+transport polytope (Altschuler, Weed & Rigollet 2017) so the score never exceeds what a feasible
+plan achieves.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ class SoftMatchingResult(NamedTuple):
       train_folds: [K] train score ``sum(P * train correlation)`` per fold.
       dead_x: column indices of X removed as dead.
       dead_y: column indices of Y removed as dead.
+      solver: the solver that ran, "exact" or "sinkhorn" (what ``solver="auto"`` chose).
     """
 
     folds: np.ndarray
@@ -80,6 +90,7 @@ class SoftMatchingResult(NamedTuple):
     train_folds: np.ndarray
     dead_x: np.ndarray
     dead_y: np.ndarray
+    solver: str
 
 
 class PermutationResult(NamedTuple):
@@ -136,10 +147,11 @@ def semi_matching(
     With ``direction="target"`` (the authors' release) each target unit (column of Y) takes the
     source unit (column of X) with the highest train correlation, and the score is the mean test
     correlation over those pairs. ``direction="source"`` matches every source unit to a target
-    unit instead (the appendix's description).
+    unit instead (the appendix's description). Units that are constant on the train or test rows
+    of some fold are removed first (``dead_x`` / ``dead_y``).
 
     Args:
-      X: [M, Na] source responses (numpy or jax).
+      X: [M, Na] source responses (numpy or jax array, list or tuple; real numbers).
       Y: [M, Nb] target responses.
       n_folds: number of shuffled folds K.
       seed: seed of the shuffle (scikit-learn ``KFold`` ``random_state``).
@@ -241,6 +253,11 @@ class _KernelGeometry(geometry.Geometry):
         kernel = self._kernel_matrix
         return kernel @ vec if axis == 1 else vec @ kernel
 
+
+# solver="auto": the exact solver up to this many live units per side (python -m
+# benchmarks.solver_threshold; the measured numbers are in auto_solver's docstring).
+AUTO_EXACT_MAX_UNITS = 1024  # unequal sizes: POT's network simplex
+AUTO_EXACT_MAX_UNITS_SQUARE = 512  # equal sizes: scipy's linear_sum_assignment
 
 _ABSORB_EVERY = 200  # kernel mode: iterations between two absorptions of the scalings
 
@@ -371,18 +388,36 @@ def _soft(moments: _folds.FoldMoments, cfg: SinkhornConfig, keep_x, keep_y, keep
     return jax.lax.map(fold, jnp.arange(moments.count.shape[0]))
 
 
+_BATCH_NUMBERS = 1 << 22  # all folds' correlations in one call up to this many numbers
+
+
 def _live_correlations(p: _folds.Prepared, moments):
     """Per fold, the train and test correlations of the live units ([na, nb] float64, host).
 
-    A generator: one fold's matrices at a time.
+    A generator. Small problems: every fold's matrices from one compiled call and one transfer
+    (per-fold dispatch would cost more than the solver); large ones: one fold at a time, so only
+    one fold's matrices are held.
     """
     na, nb = len(p.units_x.live), len(p.units_y.live)
-    for k in range(len(p.folds.sizes)):
+    n_folds = len(p.folds.sizes)
+    if 2 * n_folds * moments.cross.shape[1] * moments.cross.shape[2] <= _BATCH_NUMBERS:
+        train, test = (np.asarray(a) for a in _all_fold_correlations(moments))
+        for k in range(n_folds):
+            yield (np.asarray(a[k, :na, :nb], dtype=np.float64) for a in (train, test))
+        return
+    for k in range(n_folds):
         train, test = _fold_correlations(moments, k)
         yield (np.asarray(a[:na, :nb], dtype=np.float64) for a in (train, test))
 
 
 _fold_correlations = jax.jit(_folds.fold_correlations)
+
+
+@jax.jit
+def _all_fold_correlations(moments: _folds.FoldMoments):
+    """[K, Na, Nb] train and test correlations of every fold."""
+    n_folds = moments.count.shape[0]
+    return jax.lax.map(lambda k: _folds.fold_correlations(moments, k), jnp.arange(n_folds))
 
 
 def exact_plan(train: np.ndarray) -> np.ndarray:
@@ -424,23 +459,28 @@ def soft_matching(
     *,
     n_folds: int = 5,
     seed: int = 0,
-    solver: Literal["sinkhorn", "exact"] = "sinkhorn",
+    solver: Literal["auto", "exact", "sinkhorn"] = "auto",
     config: SinkhornConfig | None = None,
     keep_plans: bool = True,
 ) -> SoftMatchingResult:
     """Cross-validated soft-matching correlation score (paper eq. 1).
 
     Per fold, P is the optimal transport plan between uniform marginals 1/Na and 1/Nb for the
-    cost ``1 - train correlation``; the score is ``sum(P * test correlation)``.
+    cost ``1 - train correlation``; the score is ``sum(P * test correlation)``. Units that are
+    constant (all zero or any other value) on the train or test rows of some fold are removed
+    first (``dead_x`` / ``dead_y``); Na and Nb count the live units.
 
     Args:
-      X: [M, Na] source responses (numpy or jax).
+      X: [M, Na] source responses (numpy or jax array, list or tuple; real numbers).
       Y: [M, Nb] target responses.
       n_folds: number of shuffled folds K.
       seed: seed of the shuffle (scikit-learn ``KFold`` ``random_state``).
-      solver: "sinkhorn" (ott-jax, all folds in one jit) or "exact" (scipy's
-        ``linear_sum_assignment`` for equal sizes, POT's ``ot.emd`` otherwise; host code).
-      config: Sinkhorn settings (:class:`SinkhornConfig`); None for the defaults.
+      solver: "exact" (scipy's ``linear_sum_assignment`` for equal sizes, POT's ``ot.emd``
+        otherwise; host code), "sinkhorn" (ott-jax, all folds in one jit),
+        or "auto" (default): "exact" where both sides have few live units, "sinkhorn" above,
+        as measured by ``python -m benchmarks.solver_threshold`` (see :func:`auto_solver`).
+      config: Sinkhorn settings (:class:`SinkhornConfig`), used when Sinkhorn runs; None for
+        the defaults.
       keep_plans: return every fold's plan (``[K, Na, Nb]`` float32, 4 K bytes per unit pair);
         False keeps only the scores, so a fold's plan is freed before the next fold starts (for
         populations of tens of thousands of units; see the memory model in the README).
@@ -463,7 +503,7 @@ def soft_and_semi_matching(
     *,
     n_folds: int = 5,
     seed: int = 0,
-    solver: Literal["sinkhorn", "exact"] = "sinkhorn",
+    solver: Literal["auto", "exact", "sinkhorn"] = "auto",
     config: SinkhornConfig | None = None,
     direction: Literal["target", "source"] = "target",
     keep_plans: bool = True,
@@ -493,12 +533,55 @@ def _check_keep_plans(keep_plans):
 
 
 def _check_solver(solver):
-    if solver not in ("sinkhorn", "exact"):
-        raise ValueError(f"solver must be 'sinkhorn' or 'exact', got {solver!r}")
+    if solver not in ("auto", "exact", "sinkhorn"):
+        raise ValueError(f"solver must be 'auto', 'exact' or 'sinkhorn', got {solver!r}")
+
+
+def _has_pot() -> bool:
+    try:
+        import ot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def auto_solver(na: int, nb: int) -> Literal["exact", "sinkhorn"]:
+    """The solver ``solver="auto"`` runs for ``na`` x ``nb`` live units.
+
+    "exact" if ``max(na, nb) <= AUTO_EXACT_MAX_UNITS_SQUARE`` (512) for equal sizes (scipy's
+    ``linear_sum_assignment``) or ``<= AUTO_EXACT_MAX_UNITS`` (1024) for unequal sizes (POT's
+    ``ot.emd``; without POT installed, unequal sizes always go to Sinkhorn); "sinkhorn" above.
+
+    Measured by ``python -m benchmarks.solver_threshold`` (whole ``soft_matching`` calls, 5 folds,
+    4,000 stimuli, best of 3 warm calls, on a shared 2-core x86 CPU under heavy other load, so
+    +-2x noise): seconds exact / Sinkhorn.
+
+    ===========  ===============  ===============  ===============  ===============
+    units        random n x n     random n x n-1   planted n x n    planted n x n-1
+    ===========  ===============  ===============  ===============  ===============
+    16           0.008 / 0.017    0.084 / 0.029    0.006 / 0.007    0.006 / 0.007
+    64           0.014 / 0.089    0.093 / 0.48     0.015 / 0.077    0.13 / 0.41
+    128          0.053 / 0.11     0.17 / 2.0       0.081 / 0.037    0.29 / 2.7
+    256          0.28 / 0.36      0.70 / 9.3       0.19 / 0.17      2.9 / 1.3
+    512          1.4 / 1.9        2.6 / 28         0.39 / 0.39      4.1 / 15
+    1024         5.7 / 4.0        11 / 19          1.4 / 2.3
+    ===========  ===============  ===============  ===============  ===============
+
+    With unequal sizes Sinkhorn needs many more iterations (it often stops at the iteration cap
+    without converging), and the exact solver wins up to 1024 units; with equal sizes the two
+    are within about 2x up to 512 units, and Sinkhorn wins from 1024 on. The exact solver gives
+    the exact optimum; Sinkhorn agreed with it to 2e-3 or better in every case above.
+    """
+    limit = AUTO_EXACT_MAX_UNITS_SQUARE if na == nb else AUTO_EXACT_MAX_UNITS
+    if max(na, nb) > limit or (na != nb and not _has_pot()):
+        return "sinkhorn"
+    return "exact"
 
 
 def _soft_result(p: _folds.Prepared, moments, solver, cfg, keep_plans=True) -> SoftMatchingResult:
     k = len(p.folds.sizes)
+    if solver == "auto":
+        solver = auto_solver(len(p.units_x.live), len(p.units_y.live))
     if solver == "exact":
         plans, scores, train_scores = [], [], []
         for train, test in _live_correlations(p, moments):  # one fold at a time
@@ -538,6 +621,7 @@ def _soft_result(p: _folds.Prepared, moments, solver, cfg, keep_plans=True) -> S
         np.asarray(train_scores, dtype=np.float64),
         p.units_x.dead,
         p.units_y.dead,
+        solver,
     )
 
 
@@ -547,10 +631,11 @@ def permutation_score(X, Y, *, n_folds: int = 5, seed: int = 0) -> PermutationRe
 
     Per fold, scipy's ``linear_sum_assignment`` finds the pairing of units that maximises the
     summed train correlation (a bijection for equal sizes; ``min(Na, Nb)`` pairs otherwise); the
-    score is the mean test correlation over the pairs.
+    score is the mean test correlation over the pairs. Units that are constant on the train or
+    test rows of some fold are removed first (``dead_x`` / ``dead_y``).
 
     Args:
-      X: [M, Na] source responses (numpy or jax).
+      X: [M, Na] source responses (numpy or jax array, list or tuple; real numbers).
       Y: [M, Nb] target responses.
       n_folds: number of shuffled folds K.
       seed: seed of the shuffle (scikit-learn ``KFold`` ``random_state``).

@@ -1,6 +1,8 @@
 """Matching scores against independent references: plain numpy over scikit-learn's KFold,
 scipy's linear_sum_assignment, POT's exact solver, and the closed form of paper section 3."""
 
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import ot
@@ -120,7 +122,7 @@ def test_soft_matching_agrees_with_exact_lp(na, nb, m, n_folds, data):
     exact = _exact_reference(X, Y, n_folds)
     ours_exact = superalign.soft_matching(X, Y, n_folds=n_folds, solver="exact")
     np.testing.assert_allclose(ours_exact.folds, exact, atol=1e-5)
-    sinkhorn = superalign.soft_matching(X, Y, n_folds=n_folds)
+    sinkhorn = superalign.soft_matching(X, Y, n_folds=n_folds, solver="sinkhorn")
     assert sinkhorn.converged.all()
     np.testing.assert_allclose(sinkhorn.folds, exact, atol=1e-3)
     # The rounded plans are feasible: uniform marginals to float32 precision.
@@ -135,8 +137,10 @@ def test_log_domain_sinkhorn_reaches_the_same_optimum(data):
     make = _random if data == "random" else _planted
     X, Y = make(3000, 80, 120, seed=11)
     exact = superalign.soft_matching(X, Y, solver="exact")
-    kernel = superalign.soft_matching(X, Y)
-    log = superalign.soft_matching(X, Y, config=matching.SinkhornConfig(lse_mode=True))
+    kernel = superalign.soft_matching(X, Y, solver="sinkhorn")
+    log = superalign.soft_matching(
+        X, Y, solver="sinkhorn", config=matching.SinkhornConfig(lse_mode=True)
+    )
     assert kernel.converged.all() and log.converged.all()
     np.testing.assert_allclose(kernel.folds, exact.folds, atol=1e-3)
     np.testing.assert_allclose(log.folds, exact.folds, atol=1e-3)
@@ -171,7 +175,7 @@ def test_non_convergence_is_reported_and_warned():
     X, Y = _random(1000, 40, 60, seed=8)
     cfg = matching.SinkhornConfig(epsilon=1e-4, threshold=1e-9, max_iterations=10)
     with pytest.warns(RuntimeWarning, match="did not reach threshold"):
-        result = superalign.soft_matching(X, Y, config=cfg)
+        result = superalign.soft_matching(X, Y, solver="sinkhorn", config=cfg)
     assert not result.converged.any()
     assert np.isfinite(result.folds).all()
     np.testing.assert_allclose(result.plans.sum(2), 1 / 40, rtol=1e-3)
@@ -180,10 +184,10 @@ def test_non_convergence_is_reported_and_warned():
 def test_dead_units_do_not_change_the_compiled_shapes():
     """Matching compiles once per input widths, whatever the number of dead units."""
     X, Y = _random(1000, 30, 20, seed=13)
-    superalign.soft_and_semi_matching(X, Y)
+    superalign.soft_and_semi_matching(X, Y, solver="sinkhorn")
     before = matching._soft._cache_size(), matching._semi._cache_size()
     X[:, [2, 5]] = 0.0
-    soft, semi = superalign.soft_and_semi_matching(X, Y)
+    soft, semi = superalign.soft_and_semi_matching(X, Y, solver="sinkhorn")
     assert list(soft.dead_x) == [2, 5] and soft.plans.shape[1:] == (28, 20)
     assert (matching._soft._cache_size(), matching._semi._cache_size()) == before
 
@@ -239,3 +243,50 @@ def test_soft_and_semi_from_one_pass_equal_the_separate_calls():
         superalign.soft_and_semi_matching(X, Y, direction="both")
     with pytest.raises(ValueError, match="solver"):
         superalign.soft_and_semi_matching(X, Y, solver="lp")
+
+
+@pytest.fixture(scope="module")
+def auto_pair():
+    """12 x 11 units, one of X's dead: 11 x 11 live units."""
+    X, Y = _planted(600, 12, 11, seed=15)
+    X[:, 4] = 0.0
+    return X, Y
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(11, "exact"), (10, "sinkhorn")])
+def test_auto_runs_exact_up_to_the_threshold_and_sinkhorn_above(
+    monkeypatch, auto_pair, limit, expected
+):
+    """The threshold counts live units; the scores are the chosen solver's, unchanged."""
+    monkeypatch.setattr(matching, "AUTO_EXACT_MAX_UNITS", limit)
+    monkeypatch.setattr(matching, "AUTO_EXACT_MAX_UNITS_SQUARE", limit)
+    auto = superalign.soft_matching(*auto_pair)
+    explicit = superalign.soft_matching(*auto_pair, solver=expected)
+    assert auto.solver == explicit.solver == expected
+    np.testing.assert_array_equal(auto.folds, explicit.folds)
+    np.testing.assert_array_equal(auto.plans, explicit.plans)
+    np.testing.assert_array_equal(auto.dead_x, [4])
+    soft, _ = superalign.soft_and_semi_matching(*auto_pair)
+    assert soft.solver == expected
+    np.testing.assert_array_equal(soft.folds, explicit.folds)
+    # Both solvers reach the same optimum.
+    other = superalign.soft_matching(
+        *auto_pair, solver={"exact": "sinkhorn"}.get(expected, "exact")
+    )
+    np.testing.assert_allclose(auto.folds, other.folds, atol=1e-4)
+
+
+def test_auto_solver_threshold_and_pot_fallback(monkeypatch, auto_pair):
+    limit, square = matching.AUTO_EXACT_MAX_UNITS, matching.AUTO_EXACT_MAX_UNITS_SQUARE
+    assert matching.auto_solver(limit, limit - 1) == "exact"
+    assert matching.auto_solver(limit - 1, limit) == "exact"
+    assert matching.auto_solver(limit + 1, limit) == "sinkhorn"
+    assert matching.auto_solver(square, square) == "exact"
+    assert matching.auto_solver(square + 1, square + 1) == "sinkhorn"
+    monkeypatch.setitem(sys.modules, "ot", None)  # POT not installed: import ot fails
+    assert matching.auto_solver(4, 3) == "sinkhorn"
+    assert matching.auto_solver(4, 4) == "exact"  # scipy's linear_sum_assignment
+    X, Y = auto_pair
+    X = X.copy()
+    X[:, 4] = Y[:, 0]  # 12 x 11 live units (the Sinkhorn shape of the test above: no compile)
+    assert superalign.soft_matching(X, Y).solver == "sinkhorn"
