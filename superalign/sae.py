@@ -38,7 +38,7 @@ from superalign import _checks
 
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
-    """TopK SAE settings; defaults are the paper's toy SAE (REFERENCE.md)."""
+    """TopK SAE settings; defaults are the paper's toy SAE (PROTOCOL.md, "Toy SAEs")."""
 
     n_inputs: int
     n_latents: int = 64
@@ -105,7 +105,7 @@ def toy_config(n_inputs: int, **overrides) -> SAEConfig:
 
 
 def dnn_config(n_inputs: int, expansion: int = 4, k: int = 82, **overrides) -> SAEConfig:
-    """The paper's DNN SAE (REFERENCE.md, "Deep networks"); 300 epochs of batch 64."""
+    """The paper's DNN SAE (PROTOCOL.md, "Deep networks"); 300 epochs of batch 64."""
     base = dict(
         n_latents=expansion * n_inputs,
         k=k,

@@ -2,7 +2,7 @@
 
 A tied-weight ReLU autoencoder: ``h = ReLU(z W)``, ``z_hat = ReLU(h W^T + b)``, with ``W`` of shape
 ``[F, N]``, ``N < F``. The output ReLU is the authors' (and Elhage et al.'s) choice; the paper's
-equation omits it, and without it the model learns no superposition (REFERENCE.md). It is the
+equation omits it, and without it the model learns no superposition (PROTOCOL.md, "Toy models"). It is the
 ``output_relu`` flag, on by default.
 
 Training is one pure function: ``train = make_train(config)``; ``train(key) -> (params, metrics)``
@@ -26,7 +26,7 @@ from superalign import features as feats
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
-    """Toy-model settings (paper defaults, REFERENCE.md)."""
+    """Toy-model settings (paper defaults, PROTOCOL.md)."""
 
     n_features: int = 64
     n_hidden: int = 16

@@ -1,6 +1,6 @@
 """Per-session z-scoring, repetition averaging and NSD's voxel noise ceiling (pure numpy).
 
-The recipe (``REFERENCE.md``, "Brains"; Allen et al. 2022, "A massive 7T fMRI dataset to bridge
+The recipe (``PROTOCOL.md``, "Brains"; Allen et al. 2022, "A massive 7T fMRI dataset to bridge
 cognitive neuroscience and artificial intelligence", Methods, "Noise ceiling"):
 
 1. z-score every voxel over the trials of each scan session (mean 0, standard deviation 1 with
