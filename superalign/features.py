@@ -20,7 +20,8 @@ from superalign import _checks
 def importance(n_features: int) -> jax.Array:
     """Power-law task importance ``(1 + 2 i / F)^-2`` for ``i = 0..F-1``.
 
-    That is ``1 / x^2`` at ``F`` even steps of ``x`` in ``[1, 3 - 2/F]`` (PROTOCOL.md, "Toy models").
+    That is ``1 / x^2`` at ``F`` even steps of ``x`` in ``[1, 3 - 2/F]`` (PROTOCOL.md, "Toy
+    models").
 
     Returns:
       ``[F]`` float32 weights, decreasing from 1.

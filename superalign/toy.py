@@ -2,8 +2,8 @@
 
 A tied-weight ReLU autoencoder: ``h = ReLU(z W)``, ``z_hat = ReLU(h W^T + b)``, with ``W`` of shape
 ``[F, N]``, ``N < F``. The output ReLU is the authors' (and Elhage et al.'s) choice; the paper's
-equation omits it, and without it the model learns no superposition (PROTOCOL.md, "Toy models"). It is the
-``output_relu`` flag, on by default.
+equation omits it, and without it the model learns no superposition (PROTOCOL.md, "Toy
+models"). It is the ``output_relu`` flag, on by default.
 
 Training is one pure function: ``train = make_train(config)``; ``train(key) -> (params, metrics)``
 runs the whole pass as one ``lax.scan``. Many seeds are ``jax.jit(jax.vmap(train))(keys)``; the
