@@ -7,7 +7,9 @@ difference and the time ratio. Results are recorded in ``benchmarks/RESULTS.md``
 - Soft-matching: superalign's Sinkhorn (ott-jax) against the authors' approach, a numpy
   correlation loop over scikit-learn's KFold with POT's exact network simplex ``ot.emd``.
 - Ridge: superalign against a plain scikit-learn loop, ``RidgeCV(alphas, fit_intercept=False)``
-  per fold on float64 columns centred and scaled to unit norm.
+  per fold on float64 columns centred and scaled to unit norm. Problems: a wide and a tall pair
+  of populations reading shared sparse latents, and a square planted pair (SAE-latent-like, as
+  the soft-matching problems: train rows close to the number of units, as many targets).
 """
 
 from __future__ import annotations
@@ -132,13 +134,16 @@ def bench_ridge(problems, sklearn_folds):
     from superalign.regression import DEFAULT_ALPHAS
 
     print("\n## ridge: 5 folds, 17 alphas, superalign vs scikit-learn RidgeCV loop")
-    for m, na, nb in problems:
-        X, Y = _sparse_pair(m, na, nb, f=max(na, nb), seed=m)
+    for m, na, nb, kind in problems:
+        if kind == "planted":
+            X, Y = _planted(m, na, seed=na)
+        else:
+            X, Y = _sparse_pair(m, na, nb, f=max(na, nb), seed=m)
         ours, t_ours = _timed(superalign.ridge_regression, X, Y)  # includes compilation
-        k = sklearn_folds.get((m, na, nb), 5)
+        k = sklearn_folds.get((m, na, nb, kind), 5)
         if k == 0:
             print(
-                f"ridge {m}x{na}->{nb} superalign {ours.mean:.6f} ({t_ours:7.2f} s; "
+                f"ridge {m}x{na}->{nb} {kind} superalign {ours.mean:.6f} ({t_ours:7.2f} s; "
                 f"alphas {ours.alpha.tolist()}; folds {ours.folds.tolist()})  sklearn not run",
                 flush=True,
             )
@@ -149,7 +154,7 @@ def bench_ridge(problems, sklearn_folds):
         same = int((ours.alpha[:k] == chosen).sum())
         note = "" if k == 5 else f" (sklearn timed on {k} of 5 folds, scaled x{5 / k:g})"
         print(
-            f"ridge {m}x{na}->{nb} superalign {ours.mean:.6f} ({t_ours:7.2f} s; "
+            f"ridge {m}x{na}->{nb} {kind} superalign {ours.mean:.6f} ({t_ours:7.2f} s; "
             f"alphas {ours.alpha.tolist()})  sklearn {ref.mean():.6f} "
             f"({t_ref_5:7.2f} s{note}; alphas {chosen.tolist()})  same alpha {same}/{k}  "
             f"max fold diff {diff:.2e}  sklearn/superalign time {t_ref_5 / t_ours:.2f}x",
@@ -173,16 +178,38 @@ def main():
         default=5,
         help="folds of the scikit-learn baseline at 2,048,000 rows (timing scaled to 5; 0: skip)",
     )
+    parser.add_argument(
+        "--sklearn-folds-square",
+        type=int,
+        default=5,
+        help="folds of the scikit-learn baseline at 10,000 x 2,048 -> 2,048 planted (0: skip)",
+    )
+    parser.add_argument(
+        "--ridge-cases",
+        default="wide,tall,square",
+        help="comma-separated ridge problems to run (wide, tall, square)",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.quick:
-        sizes, m, problems = [256], 4000, [(20_000, 256, 64), (200_000, 64, 64)]
+        sizes, m = [256], 4000
+        cases = {
+            "wide": (20_000, 256, 64, "latent"),
+            "tall": (200_000, 64, 64, "latent"),
+            "square": (2_500, 512, 512, "planted"),
+        }
     else:
         sizes, m = [512, 2048, 4096], 10_000
-        problems = [(50_000, 2048, 512), (2_048_000, 64, 64)]
+        cases = {
+            "wide": (50_000, 2048, 512, "latent"),
+            "tall": (2_048_000, 64, 64, "latent"),
+            "square": (10_000, 2048, 2048, "planted"),
+        }
+    problems = [cases[name] for name in args.ridge_cases.split(",")]
     big = {
-        (2_048_000, 64, 64): args.sklearn_folds_big,
-        (50_000, 2048, 512): args.sklearn_folds_wide,
+        cases["tall"]: args.sklearn_folds_big,
+        cases["wide"]: args.sklearn_folds_wide,
+        cases["square"]: args.sklearn_folds_square,
     }
     if args.only in (None, "soft"):
         bench_soft(sizes, m, ["random", "planted"])

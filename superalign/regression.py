@@ -364,6 +364,132 @@ def _test_pass(X, Y, live_x, live_y, index, mask, mean_x, scale_x, coef, mean_y)
     return jax.lax.map(fold, (index, mask, mean_x, scale_x, coef, mean_y))
 
 
+# --- n close to p with many targets: the LOO sums through weighted Gram matrices --------------
+#
+# One alpha serves all targets, so the LOO error is sum_i w_i(a) sum_j e_ij(a)^2 with
+# w_i(a) = 1 / (1 - h_i(a))^2 and e(a) = Y_perp + U C_a b (``C_a = diag(a / (s^2 + a))``).
+# Expanding the square, every part but the quadratic one, sum_i w_i(a) |(U C_a b)_i|^2, costs
+# O(n p) per alpha once ``Y_perp`` and ``g = U * (Y_perp b^T)`` are known. The quadratic part is
+# ``c_a^T (M * (U^T diag(w(a)) U)) c_a`` with ``M = b b^T``: O(n p^2) per alpha. But the 17
+# weight vectors w(a) span few directions (ranks of 4 to 6 reach 1e-6 of every alpha's weights
+# on SAE-like data): with ``w(a) - w(a0) ~ sum_r psi_r(a) phi_r`` only ``1 + R`` weighted Gram
+# matrices are needed, and the truncation error of alpha a is at most
+# ``max_i |err_i(a)| * sum_i |(U C_a b)_i|^2 = max_i |err_i(a)| * sum_k c_k(a)^2 M_kk``
+# (U has orthonormal columns), a bound known before any Gram matrix is formed. R is the
+# smallest rank whose bound is below _LOWRANK_RTOL of every alpha's LOO sum; if the bounds then
+# leave the argmin in doubt, the full rank (exact) is used.
+
+_LOWRANK_RTOL = 1e-6
+
+
+@jax.jit
+def _loo_rows(X, Y, live_x, live_y, idx, m, mean_x, w, mean_y, scale_y, b, alphas, s):
+    """Per train row of one fold: U, and the alpha-dependent LOO quantities other than M's.
+
+    ``idx``, ``m`` [n_blocks, B] the fold's train row blocks; ``w`` [p, p] maps centred X rows
+    to rows of U; ``b`` [p, t] = U^T Y_std. Returns ``u`` [n, p], ``e0`` [n] and ``de`` [n, A]
+    (one minus leverage at a0 and its change), ``rho`` [n] = |Y_perp_i|^2, ``l0`` [n] and
+    ``dl`` [n, A] (the cross term ``Y_perp_i . (U C_a b)_i`` at a0 and its change).
+    """
+    terms = _loo_terms(s, b[:, :1], alphas)
+
+    def step(_, block):
+        i, mk = block
+        wt = mk[:, None].astype(w.dtype)
+        u = ((_rows(X, live_x, i) - mean_x) @ w) * wt
+        y = (_rows(Y, live_y, i) - mean_y) * scale_y * wt
+        yp = y - u @ b
+        g = u * (yp @ b.T)
+        u2 = u * u
+        e0 = u2 @ terms.c0 + (1.0 - u2.sum(1))
+        return None, (u, e0, u2 @ terms.dc.T, (yp * yp).sum(1), g @ terms.c0, g @ terms.dc.T)
+
+    _, out = jax.lax.scan(step, None, (idx, m))
+    return tuple(a.reshape(-1, *a.shape[2:]) for a in out)
+
+
+@jax.jit
+def _weighted_grams(u, phi):
+    """[R, p, p]: ``U^T diag(phi_r) U`` for the columns of ``phi`` [n, R], over row blocks."""
+    n, p = u.shape
+    r = phi.shape[1]
+    rows = min(n, max(8, (1 << 23) // (r * p)))
+    rows = 1 << int(np.floor(np.log2(rows)))
+    n_blocks = -(-n // rows)
+    pad = n_blocks * rows - n
+    ub = jnp.pad(u, ((0, pad), (0, 0))).reshape(n_blocks, rows, p)
+    fb = jnp.pad(phi, ((0, pad), (0, 0))).reshape(n_blocks, rows, r)
+
+    def step(acc, block):
+        x, f = block
+        lhs = (f[:, :, None] * x[:, None, :]).reshape(rows, r * p)
+        return acc + lhs.T @ x, None
+
+    acc, _ = jax.lax.scan(step, jnp.zeros((r * p, p), u.dtype), (ub, fb))
+    return acc.reshape(r, p, p)
+
+
+def _quad_forms(mp, c, d):
+    """``c_a^T (M * P) d_a`` for every row a of ``c``, ``d`` [A, p] (float64)."""
+    return np.einsum("ap,ap->a", c @ mp, d)
+
+
+def _lowrank_loo(rows, b, s, alphas):
+    """``(base, delta)`` of one fold's LOO sums (as :func:`_loo_block` sums them) from
+    :func:`_loo_rows`' output, with the quadratic part through weighted Gram matrices."""
+    u, e0, de, rho, l0, dl = rows
+    e0, de, rho, l0, dl = (np.asarray(a, np.float64) for a in (e0, de, rho, l0, dl))
+    b = np.asarray(b, np.float64)
+    s2 = np.asarray(s, np.float64) ** 2
+    c = alphas[:, None] / (s2[None, :] + alphas[:, None])  # [A, p]
+    c0 = c[0]
+    dc = s2[None, :] * (alphas[:, None] - alphas[0]) / ((s2 + alphas[:, None]) * (s2 + alphas[0]))
+    e = e0[:, None] + de
+    w0 = 1.0 / (e0 * e0)
+    dw = -de * (2.0 * e0[:, None] + de) / (e * e * (e0 * e0)[:, None])  # w(a) - w(a0)
+    q0 = rho + 2.0 * l0
+    base = (w0 * q0).sum()
+    delta = (dw * (q0[:, None] + 2.0 * dl)).sum(0) + 2.0 * (w0[:, None] * dl).sum(0)
+    m = b @ b.T
+    total_q = (c * c) @ np.diag(m)  # [A] sum_i |(U C_a b)_i|^2
+    lower = base + delta + (1.0 / (e * e)).min(0) * total_q  # a lower bound of each LOO sum
+
+    # Rank of the weight changes (columns scaled to unit max: relative accuracy per alpha).
+    scale = np.abs(dw).max(0)
+    scale[scale == 0] = 1.0
+    phi, sv, psi = np.linalg.svd(dw / scale, full_matrices=False)
+    full = int((sv > sv[0] * 1e-12).sum()) if sv[0] > 0 else 0
+    err = np.empty((full + 1, len(alphas)))
+    resid = dw / scale
+    for r in range(full + 1):
+        err[r] = np.abs(resid).max(0) * scale * total_q
+        if r < full:
+            resid = resid - np.outer(phi[:, r] * sv[r], psi[r])
+    ok = (err <= _LOWRANK_RTOL * np.maximum(lower, 0.0)[None, :]).all(1)
+    rank = int(np.argmax(ok)) if ok.any() else full
+
+    def sums(rank):
+        basis = np.concatenate([w0[:, None], phi[:, :rank]], axis=1)
+        grams = _weighted_grams(u, jnp.asarray(basis, u.dtype))
+        mp = m * np.asarray(grams[0], np.float64)
+        quad0 = _quad_forms(mp, c0[None], c0[None])[0]
+        dquad = _quad_forms(mp, dc, c + c0[None])
+        coef = (psi[:rank] * sv[:rank, None]).T * scale[:, None]  # [A, rank]
+        for r in range(rank):
+            mp = m * np.asarray(grams[r + 1], np.float64)
+            dquad = dquad + coef[:, r] * _quad_forms(mp, c, c)
+        return base + quad0, delta + dquad
+
+    tot_base, tot_delta = sums(rank)
+    bound = err[rank]
+    best = int(np.argmin(tot_delta))
+    others = np.arange(len(alphas)) != best
+    certain = (tot_delta[best] + bound[best] < (tot_delta - bound)[others]).all()
+    if rank < full and not certain:
+        tot_base, tot_delta = sums(full)
+    return tot_base, tot_delta
+
+
 def _pool(counts, means, k):
     """Pooled count, mean and the per-part mean offsets of every part but ``k`` (float64)."""
     keep = np.arange(len(counts)) != k
@@ -399,7 +525,7 @@ def _embed(a, shape, fill=0.0):
 
 
 @_folds.full_precision
-def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
+def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
 
     The device passes run at the full input widths (the live columns first, then zero-weight
@@ -409,7 +535,7 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     """
     n_folds, p, t = len(folds.sizes), len(live_x), len(live_y)
     width_x, width_y = X.shape[1], Y.shape[1]
-    block = _loo_block_rows(len(alphas), width_y)
+    block = 512 if lowrank else _loo_block_rows(len(alphas), width_y)
     index, mask = _folds.blocked(folds, block)
     lx, kx = _folds.padded_live(live_x, width_x)
     ly, ky = _folds.padded_live(live_y, width_y)
@@ -440,6 +566,19 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         gxy = m.cross[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dy)
         ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
         sx = np.sqrt(np.diag(gxx))
+        if lowrank:  # X_std = U S V^T from the eigendecomposition of its Gram matrix
+            lam, v = np.linalg.eigh(gxx / np.outer(sx, sx))
+            lam, v = lam[::-1], v[:, ::-1]
+            if not (lam[-1] > 0 and lam[0] <= _MAX_COND**2 * lam[-1]):
+                return None
+            s = np.sqrt(lam)
+            w1 = v / s[None, :] / sx[:, None]
+            scale_y = 1.0 / np.sqrt(ssy)
+            b = w1.T @ (gxy * scale_y[None, :])
+            consts.append(_StreamedFold(mean_x, w1, None, mean_y, scale_y, b, s))
+            vts.append(v.T)
+            n_train.append(w.sum())
+            continue
         try:
             r = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
         except np.linalg.LinAlgError:
@@ -455,11 +594,13 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
         consts.append(_StreamedFold(mean_x, w1, ur, mean_y, scale_y, b, s))
         vts.append(vt)
         n_train.append(w.sum())
+    if lowrank:
+        base, delta = _lowrank_pass(X, Y, lx, ly, index, mask, others, consts, alphas, sq_x, sq_xy)
     padded = [
         _StreamedFold(
             _embed(c.mean_x, width_x),
             _embed(c.w1, sq_x),
-            _embed(c.w2, sq_x),
+            _embed(c.w2 if c.w2 is not None else 0.0, sq_x),
             _embed(c.mean_y, width_y),
             _embed(c.scale_y, width_y),
             _embed(c.b, sq_xy),
@@ -469,7 +610,8 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     ]
     stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
     alphas_d = jnp.asarray(alphas, dtype)
-    base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
+    if not lowrank:
+        base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
     n_train = np.array(n_train, dtype)
     delta = np.asarray(delta)
     best = np.argmin(delta, axis=1)
@@ -504,6 +646,35 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas):
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where((var_p > 0) & (var_y > 0), cov / np.sqrt(var_p * var_y), 0.0)
     return r.mean(1), best, loo, r
+
+
+def _lowrank_pass(X, Y, lx, ly, index, mask, others, consts, alphas, sq_x, sq_xy):
+    """[K] and [K, A]: each fold's LOO sums by :func:`_loo_rows` and :func:`_lowrank_loo`."""
+    dtype = X.dtype
+    width_x, width_y = sq_xy
+    bases, deltas = [], []
+    for k, c in enumerate(consts):
+        b = _embed(c.b, sq_xy)
+        s = _embed(c.s, width_x, fill=1.0)
+        rows = _loo_rows(
+            X,
+            Y,
+            lx,
+            ly,
+            index[others[k]].reshape(-1, index.shape[-1]),
+            mask[others[k]].reshape(-1, index.shape[-1]),
+            jnp.asarray(_embed(c.mean_x, width_x), dtype),
+            jnp.asarray(_embed(c.w1, sq_x), dtype),
+            jnp.asarray(_embed(c.mean_y, width_y), dtype),
+            jnp.asarray(_embed(c.scale_y, width_y), dtype),
+            jnp.asarray(b, dtype),
+            jnp.asarray(alphas, dtype),
+            jnp.asarray(s, dtype),
+        )
+        base, delta = _lowrank_loo(rows, b, s, alphas)
+        bases.append(base)
+        deltas.append(delta)
+    return np.array(bases), np.array(deltas)
 
 
 def _loo_block_rows(n_alphas: int, n_targets: int) -> int:
@@ -541,8 +712,17 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     alphas = check_alphas(alphas)
     p = _folds.prepare(X, Y, n_folds, seed)
     out = None
-    if p.X.shape[0] - int(p.folds.sizes.max()) >= 8 * len(p.units_x.live):
+    n_train, n_x, n_y = (
+        p.X.shape[0] - int(p.folds.sizes.max()),
+        len(p.units_x.live),
+        len(p.units_y.live),
+    )
+    if n_train >= 8 * n_x:
         out = _ridge_streamed(p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas)
+    elif n_train > n_x and 2 * n_y >= n_x:
+        out = _ridge_streamed(
+            p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas, lowrank=True
+        )
     if out is None:
         out = _ridge_materialised(p, alphas)
     scores, best, loo, r = out

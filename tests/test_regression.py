@@ -205,3 +205,60 @@ def test_svd_of_r_matches_lapack():
     np.testing.assert_allclose((u * s) @ vt, r, atol=1e-10 * s_ref[0])
     np.testing.assert_allclose(u.T @ u, np.eye(50), atol=1e-10)
     np.testing.assert_allclose(vt @ vt.T, np.eye(50), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def square_pair():
+    """Train rows close to the number of units, as many targets: the weighted-Gram LOO path."""
+    return _latent_data(600, 80, 100, seed=9, noise_y=2.0, collinear=False)
+
+
+def _record_grams(monkeypatch):
+    ranks = []
+    weighted_grams = regression._weighted_grams
+
+    def spy(u, phi):
+        ranks.append(phi.shape[1] - 1)
+        return weighted_grams(u, phi)
+
+    monkeypatch.setattr(regression, "_weighted_grams", spy)
+    return ranks
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_square_ridge_uses_low_rank_weights_and_matches_sklearn(square_pair, monkeypatch, fine):
+    """Truncated weights, certified by their error bounds. ``fine``: alphas a factor 1.5 apart
+    and no tolerance (rank 0) leave the best alphas in doubt, and every fold is redone at the
+    full rank (exact)."""
+    X, Y = square_pair
+    alphas = 1.5 ** np.arange(-6, 10) if fine else regression.DEFAULT_ALPHAS
+    if fine:
+        monkeypatch.setattr(regression, "_LOWRANK_RTOL", np.inf)
+    ranks = _record_grams(monkeypatch)
+    result = superalign.ridge_regression(X, Y, alphas=alphas)
+    if fine:
+        assert len(ranks) == 10 and ranks[::2] == [0] * 5 and min(ranks[1::2]) >= 8
+    else:
+        assert len(ranks) == 5 and max(ranks) < 16  # every fold once, truncated
+    chosen, scores = _sklearn_loop(X, Y, alphas)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
+    p = folds.prepare(X, Y, 5, 0)
+    ref = regression._ridge_materialised(p, alphas)
+    np.testing.assert_allclose(result.loo_error, np.asarray(ref[2]), rtol=1e-5)
+
+
+def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
+    """Nearly noiseless targets: the LOO curve is flat at small alphas (relative steps of 1e-7)
+    and scikit-learn's float64 picks 1e-8; the changes from the first alpha resolve it."""
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((400, 60)).astype(np.float32)
+    Y = (X @ rng.standard_normal((60, 40)) + 1e-3 * rng.standard_normal((400, 40))).astype(
+        np.float32
+    )
+    ranks = _record_grams(monkeypatch)
+    result = superalign.ridge_regression(X, Y)
+    assert len(ranks) == 5
+    chosen, scores = _sklearn_loop(X, Y, regression.DEFAULT_ALPHAS)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
