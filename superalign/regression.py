@@ -12,6 +12,12 @@ the residual of the fit is ``Y_perp + U diag(c) U^T Y`` with ``Y_perp = Y - U U^
 minus the leverage of row i is ``sum_j U_ij^2 c_j + (1 - sum_j U_ij^2)``; the LOO residual is
 their ratio. Writing the residual this way keeps the alpha-dependent part exact in float32
 (no ``Y - Y_hat`` cancellation at small alpha), and one GEMM per row block serves all alphas.
+
+Three paths give the same folds: tall X (train rows at least 8 times the units) is streamed
+over row blocks; X with more train rows than units and at least half as many targets as units
+(SAE-sized pairs) takes the streamed factorisation with the LOO sums through a few weighted Gram
+matrices (see the section comment of :func:`_lowrank_loo`); the rest, and any X whose condition
+number exceeds 1e3, gathers every fold and uses LAPACK's SVD.
 """
 
 from __future__ import annotations
