@@ -25,6 +25,9 @@ import numpy as np
 
 SUFFIXES = (".npy", ".npz", ".h5", ".hdf5")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class Activations(NamedTuple):
     """One activation file, opened lazily.
@@ -193,6 +196,7 @@ def _atomic(path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; keep the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -287,7 +291,6 @@ def enable_compilation_cache(directory, min_compile_seconds: float = 0.1) -> Pat
     if current:
         return Path(current)
     directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     return directory
