@@ -18,6 +18,7 @@ from superalign import (
     sharding,
     theory,
     toy,
+    training,
 )
 from superalign.analysis import (
     arrangement_best_match,
