@@ -1,8 +1,7 @@
-"""Thin I/O for experiments: atomic files, versions, command-line overrides, checkpoints."""
+"""Thin I/O for experiments: atomic files, the run folder's config, versions."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.metadata
 import json
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 
-def _atomic(path: Path, write) -> Path:
+def write_atomic(path, write) -> Path:
     """Write through a temporary file in the same folder, then rename: never a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +44,7 @@ def _jsonable(obj: Any):
 
 
 def write_json(path, data) -> Path:
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
-    return _atomic(Path(path), lambda f: f.write(text.encode()))
+    return write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path):
@@ -55,7 +53,7 @@ def read_json(path):
 
 
 def save_npy(path, array) -> Path:
-    return _atomic(Path(path), lambda f: np.save(f, np.asarray(array)))
+    return write_atomic(Path(path), lambda f: np.save(f, np.asarray(array)))
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -63,19 +61,19 @@ def save_figure(fig, stem) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = Path(f"{stem}.{ext}")
-        paths.append(_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=200)))
+        paths.append(write_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=200)))
     return paths
 
 
-def check_out(cfg, out: Path) -> None:
+def check_out(cfg, out: Path, name: str = "config.json") -> None:
     """A run directory belongs to one config: refuse to resume or overwrite a different one.
 
-    Writes ``out/config.json`` (atomically) for a new directory; raises ``ValueError`` if it
+    Writes ``out/<name>`` (atomically) for a new directory; raises ``ValueError`` if it
     already holds another config.
     """
     out = Path(out)
-    path = out / "config.json"
-    tmp = out / ".config.json"
+    path = out / name
+    tmp = out / f".{name}"
     wanted = read_json(write_json(tmp, dataclasses.asdict(cfg)))
     if path.exists() and read_json(path) != wanted:
         tmp.unlink()
@@ -95,58 +93,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def apply_overrides(config, overrides: list[str]):
-    """Apply ``--config.field=value`` overrides to a frozen dataclass, returning a new one.
+def header(cfg, devices=None) -> dict:
+    """The first entries of every results.json: the config, the versions and the devices."""
+    import jax
 
-    Values are parsed as Python literals (``32``, ``1e-3``, ``(8, 16)``, ``True``); anything else
-    stays a string. Unknown fields and wrong types raise ``ValueError``.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    changes = {}
-    for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise ValueError(f"override must look like --config.field=value, got {item!r}")
-        name, raw = item[len("--config.") :].split("=", 1)
-        if name not in fields:
-            raise ValueError(f"unknown config field {name!r}; fields are {sorted(fields)}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        current = getattr(config, name)
-        if isinstance(current, tuple) and not isinstance(value, tuple):
-            value = (value,)
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if current is not None and type(value) is not type(current):
-            raise ValueError(f"--config.{name} must be a {type(current).__name__}, got {raw!r}")
-        changes[name] = value
-    return dataclasses.replace(config, **changes)
+    devices = jax.devices() if devices is None else devices
+    return {
+        "config": dataclasses.asdict(cfg),
+        "versions": versions(),
+        "devices": [str(d) for d in devices],
+    }
 
 
-class Checkpoints:
-    """Orbax checkpoints of one training state, keyed by step; resumes from the latest."""
-
-    def __init__(self, directory, max_to_keep: int = 2):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
-        )
-
-    def latest(self, abstract_state):
-        """``(step, state)`` of the latest checkpoint, or ``(0, None)``."""
-        step = self.manager.latest_step()
-        if step is None:
-            return 0, None
-        state = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract_state))
-        return step, state
-
-    def save(self, step: int, state) -> None:
-        self.manager.save(step, args=self._ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.close()
+def write_text(path, text: str) -> Path:
+    return write_atomic(Path(path), lambda f: f.write(text.encode()))

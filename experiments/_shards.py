@@ -27,7 +27,27 @@ import numpy as np
 from experiments import _io
 
 
-class ShardWriter:
+class _Shards:
+    """A shard directory's index: what both the writer and the reader know."""
+
+    directory: Path
+    index: dict
+
+    @property
+    def rows(self) -> int:
+        """Rows committed to disk (whole shards)."""
+        return self.index["rows"]
+
+    @property
+    def units(self) -> int:
+        return self.index["units"]
+
+    @property
+    def complete(self) -> bool:
+        return self.index["complete"]
+
+
+class ShardWriter(_Shards):
     """Append ``[n, units]`` activations with their image ids; flush every ``shard_rows`` rows."""
 
     def __init__(self, directory, units: int, shard_rows: int):
@@ -54,15 +74,6 @@ class ShardWriter:
         self._acts: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._buffered = 0
-
-    @property
-    def rows(self) -> int:
-        """Rows committed to disk (whole shards)."""
-        return self.index["rows"]
-
-    @property
-    def complete(self) -> bool:
-        return self.index["complete"]
 
     def truncate(self, rows: int) -> None:
         """Forget committed shards past ``rows`` (a shard boundary) and any buffered rows."""
@@ -116,7 +127,7 @@ class ShardWriter:
         self._write_index()
 
 
-class ShardReader:
+class ShardReader(_Shards):
     """Read a complete shard directory."""
 
     def __init__(self, directory):
@@ -127,14 +138,6 @@ class ShardReader:
         self.index = _io.read_json(path)
         if not self.index["complete"]:
             raise ValueError(f"{self.directory}: the shards are incomplete (writer not closed)")
-
-    @property
-    def rows(self) -> int:
-        return self.index["rows"]
-
-    @property
-    def units(self) -> int:
-        return self.index["units"]
 
     def _load(self, name: str, what: str) -> np.ndarray:
         return np.load(self.directory / f"{name}.{what}.npy", mmap_mode="r")

@@ -23,13 +23,9 @@ Activation files (``--config.activation_files``, one per DNN; the DNN pipeline w
 ``--config.sae_train_files`` (same format; ``image_ids`` may be absent), e.g. ImageNet
 activations as in the paper, or on the NSD file itself when that is "".
 
-Memory: every ridge call is one jitted computation; results.json records, for the SAE->Voxel
-call (the widest source), the peak that XLA plans for it (arguments + temporaries, from
-``compile().memory_analysis()`` on the device in use). For the issue's size, 10,000 images x
-16,384 SAE latents -> 9,000 voxels in 5 folds, the plan is 0.95 GiB of arguments and 7.06 GiB of
-temporaries (8.0 GiB; planned on the CPU backend, jax 0.10.2): the largest buffer is the
-leave-one-out's [rank, alphas x voxels] product (8,192 x 17 x 9,000 float32 = 5.0 GiB). It fits
-one 80 GB GPU with room to spare.
+Memory: results.json records, after the SAE->Voxel call (the widest source), the peak memory
+measured so far: the device's ``peak_bytes_in_use`` where the backend reports it (GPUs), else
+the process's peak resident set (the CPU).
 
 Outputs in ``--out``: ``config.json``, ``results.json`` (config, versions, per subject the noise
 ceiling summary and every score with folds, mean, sem, alpha, normalised values), ``table.md``
@@ -40,25 +36,23 @@ per-subject NSD cache. A directory belongs to one config.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import re
-import sys
-import time
+import resource
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 import superalign
-from experiments import _io
+from experiments import _io, _nsd_synthetic, brain_figures, launch
+from experiments import figure_style as style
 from experiments.configs import brain as configs
-from superalign import regression, sae
+from superalign import sae
 from superalign.brain import nsd
 
+PRESETS = configs.PRESETS
 CONDITIONS = ("neuron_voxel", "sae_voxel", "randsae_voxel", "scrambled_voxel")
 PER_DNN = ("activation_files", "sae_train_files", "sae_expansion", "sae_k")
 
@@ -72,7 +66,9 @@ def check_config(cfg: configs.BrainConfig) -> None:
     n = len(cfg.dnns)
     if n == 0:
         raise ValueError("dnns must name at least one DNN")
-    for field in PER_DNN[2:] if cfg.synthetic else PER_DNN:  # synthetic: files are written
+    launch.per_run("sae", cfg.sae, n_inputs="the DNN", n_latents="sae_expansion", k="sae_k")
+    synthetic = cfg.synthetic is not None
+    for field in PER_DNN[2:] if synthetic else PER_DNN:  # synthetic: files are written
         if len(getattr(cfg, field)) != n:
             raise ValueError(
                 f"{field} must have one entry per DNN ({n}: {cfg.dnns}), got {getattr(cfg, field)}"
@@ -89,7 +85,17 @@ def check_config(cfg: configs.BrainConfig) -> None:
             raise ValueError(f"subjects must be NSD subjects 1..8, got {cfg.subjects}")
     if cfg.n_sessions < 0:
         raise ValueError(f"n_sessions must be >= 0 (0: all), got {cfg.n_sessions}")
-    if not cfg.synthetic:
+    if synthetic:
+        if set(cfg.dnns) - {"features", "mixed"}:
+            raise ValueError(
+                f"the synthetic config's dnns must be 'features' and/or 'mixed', got {cfg.dnns}"
+            )
+        if set(cfg.subjects) - set(cfg.synthetic.subjects):
+            raise ValueError(
+                f"subjects {cfg.subjects} must be among synthetic.subjects="
+                f"{cfg.synthetic.subjects} (the miniature's subjects)"
+            )
+    else:
         if not cfg.nsd_root:
             raise ValueError(
                 "nsd_root must be set to the NSD download (the folder holding nsddata, "
@@ -106,12 +112,9 @@ def check_config(cfg: configs.BrainConfig) -> None:
 
 
 def sae_config(cfg, i: int, n_inputs: int) -> sae.SAEConfig:
-    return sae.dnn_config(
-        n_inputs,
-        expansion=cfg.sae_expansion[i],
-        k=cfg.sae_k[i],
-        n_epochs=cfg.sae_epochs,
-        batch_size=cfg.sae_batch_size,
+    """``cfg.sae`` for DNN ``i``: ``n_inputs`` units, ``sae_expansion[i]`` x as many latents."""
+    return dataclasses.replace(
+        cfg.sae, n_inputs=n_inputs, n_latents=cfg.sae_expansion[i] * n_inputs, k=cfg.sae_k[i]
     )
 
 
@@ -171,10 +174,15 @@ def rows_for(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
 
 
 def train_sae(cfg, i: int, x: np.ndarray, out: Path, progress=True) -> sae.SAEParams:
-    """The DNN's SAE on ``x`` [n, units]; parameters cached in ``out/sae``."""
+    """The DNN's SAE on ``x`` [n, units]; checkpointed every epoch, parameters kept in ``out/sae``.
+
+    The same steps and keys as :func:`superalign.sae.train_on_stream` on chunks of
+    ``sae_chunk_rows`` rows (batches shuffled within a chunk).
+    """
     scfg = sae_config(cfg, i, x.shape[1])
     given = cfg.sae_param_files[i] if cfg.sae_param_files else ""
-    path = Path(given) if given else out / "sae" / f"{_slug(cfg.dnns[i])}.npz"
+    slug = _slug(cfg.dnns[i])
+    path = Path(given) if given else out / "sae" / f"{slug}.npz"
     if given or path.is_file():
         return read_sae_params(path, scfg)
     sae.check_activations(scfg, x)
@@ -183,25 +191,34 @@ def train_sae(cfg, i: int, x: np.ndarray, out: Path, progress=True) -> sae.SAEPa
     if len(starts) > 1 and x.shape[0] - starts[-1] < scfg.batch_size:
         starts.pop()  # a last chunk shorter than a batch joins the one before
     bounds = list(zip(starts, [*starts[1:], x.shape[0]], strict=True))
+    k_init, k_data = jax.random.split(jax.random.key(cfg.sae_seed))
+    run = jax.jit(sae.make_chunk_run(scfg))
+    last_epoch = []
 
-    def chunks():
-        for lo, hi in bounds:
-            yield jnp.asarray(x[lo:hi])
+    def epochs(state, start, n):
+        for epoch in range(start, start + n):
+            mse = []
+            for j, (lo, hi) in enumerate(bounds):
+                index = epoch * len(bounds) + j  # train_on_stream counts chunks over epochs
+                chunk_key = jax.random.fold_in(jax.random.fold_in(k_data, epoch), index)
+                state, metrics = run(state, jnp.asarray(x[lo:hi]), chunk_key)
+                mse.append(metrics.mse)
+            last_epoch[:] = mse
+        return state
 
-    total = cfg.sae_epochs * len(bounds)
-    with tqdm(total=total, desc=f"SAE {cfg.dnns[i]}", disable=not progress, leave=False) as bar:
-        params, metrics = sae.train_on_stream(
-            scfg,
-            jax.random.key(cfg.sae_seed),
-            chunks,
-            callback=lambda *_: bar.update(1),
-        )
-    _io._atomic(path, lambda f: np.savez(f, **params._asdict()))
-    _io.write_json(
-        out / "sae" / f"{_slug(cfg.dnns[i])}_metrics.json",
-        {"mse_last_epoch": float(np.mean(np.asarray(metrics.mse)[-len(bounds) :]))},
+    state = launch.train(
+        sae.init_state(scfg, k_init),
+        epochs,
+        scfg.n_epochs,
+        every=1,
+        directory=out / "sae" / f"{slug}_checkpoints",
+        desc=f"SAE {cfg.dnns[i]}",
+        progress=progress,
     )
-    return params
+    _io.write_atomic(path, lambda f: np.savez(f, **state.params._asdict()))
+    mse = float(np.mean(np.concatenate(last_epoch))) if last_epoch else None
+    _io.write_json(out / "sae" / f"{slug}_metrics.json", {"mse_last_epoch": mse})
+    return state.params
 
 
 def read_sae_params(path, scfg: sae.SAEConfig) -> sae.SAEParams:
@@ -262,36 +279,14 @@ def dnn_sources(cfg, files: list[str], train_files: list[str], out: Path, progre
     return sources
 
 
-@functools.cache
-def ridge_plan_gib(n_images: int, n_features: int, n_voxels: int, n_folds: int) -> dict:
-    """Memory XLA plans for one ``ridge_regression`` call of this size (compiled, not run)."""
-    m = n_images
-    sizes = np.full(n_folds, m // n_folds)
-    sizes[: m % n_folds] += 1
-    ltr = regression._round_up(int(m - sizes.min()))
-    lte = regression._round_up(int(sizes.max()))
-    s = jax.ShapeDtypeStruct
-    args = (
-        s((m, n_features), jnp.float32),
-        s((m, n_voxels), jnp.float32),
-        s((n_features,), jnp.int32),
-        s((n_voxels,), jnp.int32),
-        s((n_folds, ltr), jnp.int32),
-        s((n_folds, ltr), jnp.bool_),
-        s((n_folds, lte), jnp.int32),
-        s((n_folds, lte), jnp.bool_),
-        s((len(regression.DEFAULT_ALPHAS),), jnp.float32),
-    )
-    plan = regression._ridge_folds.lower(*args).compile().memory_analysis()
-    if plan is None:
-        return {}
-    gib = 2.0**30
-    return {
-        "arguments_gib": plan.argument_size_in_bytes / gib,
-        "temporaries_gib": plan.temp_size_in_bytes / gib,
-        "peak_gib": (plan.argument_size_in_bytes + plan.temp_size_in_bytes) / gib,
-        "backend": jax.default_backend(),
-    }
+def peak_memory() -> dict:
+    """The peak memory so far: the device's where it reports one, else the process's RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak, source = stats["peak_bytes_in_use"], "device peak_bytes_in_use"
+    else:  # ru_maxrss is in KiB on Linux
+        peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+    return {"peak_gib": peak / 2.0**30, "source": source, "backend": jax.default_backend()}
 
 
 def _score(result, nc_fraction: float) -> dict:
@@ -330,19 +325,20 @@ def subject_scores(cfg, data: nsd.SubjectData, sources: dict, progress=True) -> 
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
     jobs = [(name, cond) for name in sources for cond in conds]
     scramble = np.random.default_rng(cfg.scramble_seed).permutation(Y.shape[0])
-    for name, cond in tqdm(
-        jobs, desc=f"subject {data.meta['subject']} ridge", disable=not progress, leave=False
-    ):
-        src = sources[name]
-        rows = rows_for(src["image_ids"], data.image_ids, f"the activation file of {name}")
-        key = {"neuron_voxel": "neuron", "scrambled_voxel": "neuron"}.get(cond, cond.split("_")[0])
-        X = src[key][rows]
-        if cond == "scrambled_voxel":
-            X = X[scramble]
-        record = _score(superalign.ridge_regression(X, Y, **kw), nc_fraction)
-        if cond == "sae_voxel":  # the widest source: the call that sets the peak
-            record["memory_plan"] = ridge_plan_gib(X.shape[0], X.shape[1], Y.shape[1], cfg.n_folds)
-        out["dnns"].setdefault(name, {})[cond] = record
+    desc = f"subject {data.meta['subject']} ridge"
+    with launch.progress_bar(desc, progress, len(jobs)) as tick:
+        for i, (name, cond) in enumerate(jobs):
+            src = sources[name]
+            rows = rows_for(src["image_ids"], data.image_ids, f"the activation file of {name}")
+            key = "neuron" if cond == "scrambled_voxel" else cond.split("_")[0]
+            X = src[key][rows]
+            if cond == "scrambled_voxel":
+                X = X[scramble]
+            record = _score(superalign.ridge_regression(X, Y, **kw), nc_fraction)
+            if cond == "sae_voxel":  # the widest source: the call that sets the peak
+                record["memory"] = peak_memory()
+            out["dnns"].setdefault(name, {})[cond] = record
+            tick(i + 1)
     return out
 
 
@@ -385,22 +381,10 @@ def table(results: dict) -> str:
 
 def synthetic_data(cfg, out: Path) -> tuple[Path, list[str], list[str]]:
     """Write (once) the miniature NSD of the synthetic config; its root and activation files."""
-    from experiments import _nsd_synthetic
-
     root = out / "synthetic_nsd"
-    spec = _nsd_synthetic.SyntheticSpec(
-        subjects=tuple(cfg.subjects),
-        n_sessions=cfg.synthetic_sessions,
-        shape=tuple(cfg.synthetic_shape),
-        n_features=cfg.synthetic_features,
-        feature_prob=cfg.synthetic_feature_prob,
-        mixed_neurons=cfg.synthetic_mixed_neurons,
-        n_train_rows=cfg.synthetic_train_rows,
-        seed=cfg.synthetic_seed,
-    )
     done = root / ".complete"
     if not done.exists():
-        _nsd_synthetic.build(root, spec)
+        _nsd_synthetic.build(root, cfg.synthetic)
         done.touch()
     files = _nsd_synthetic.activation_files(root)
     return (
@@ -414,13 +398,8 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     """Run (or resume) the experiment; write results.json, table.md and the figures."""
     out = Path(out)
     check_config(cfg)
-    if cfg.synthetic and set(cfg.dnns) - {"features", "mixed"}:
-        raise ValueError(
-            f"the synthetic config's dnns must be 'features' and/or 'mixed', got {cfg.dnns}"
-        )
     _io.check_out(cfg, out)
-    t0 = time.perf_counter()
-    if cfg.synthetic:
+    if cfg.synthetic is not None:
         root, files, train_files = synthetic_data(cfg, out)
     else:
         root, files, train_files = (
@@ -429,8 +408,8 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
             list(cfg.sae_train_files),
         )
     n_sessions = cfg.n_sessions or None
-    if cfg.synthetic and not cfg.n_sessions:
-        n_sessions = cfg.synthetic_sessions
+    if cfg.synthetic is not None and not cfg.n_sessions:
+        n_sessions = cfg.synthetic.n_sessions
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
 
     # Every input file first, so a bad download fails before hours of reading and training.
@@ -441,12 +420,7 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
             raise FileNotFoundError(2, f"activation file not found; expected the file {path}", path)
     subjects = {}
     for s in cfg.subjects:
-        with tqdm(desc=f"subject {s} sessions", disable=not progress, leave=False) as bar:
-
-            def tick(done, total, bar=bar):
-                bar.total = total
-                bar.update(done - bar.n)
-
+        with launch.progress_bar(f"subject {s} sessions", progress) as tick:
             subjects[s] = nsd.load_subject(
                 root,
                 s,
@@ -469,9 +443,7 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
         _io.write_json(cached, subject_scores(cfg, data, sources, progress))
         per_subject[str(s)] = _io.read_json(cached)
     results = {
-        "config": dataclasses.asdict(cfg),
-        "versions": _io.versions(),
-        "devices": [str(d) for d in jax.devices()],
+        **_io.header(cfg),
         "nsd_root": str(root),
         "activation_files": files,
         "sae_train_files": [f or files[i] for i, f in enumerate(train_files)],
@@ -479,40 +451,14 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     }
     results["changes"] = changes(results)
     _io.write_json(out / "results.json", results)
-    text = table(results) + "\n"
-    _io._atomic(out / "table.md", lambda f: f.write(text.encode()))
-    from experiments import brain_figures
-
-    brain_figures.save_all(results, out / "figures")
-    results["wall_seconds"] = time.perf_counter() - t0
+    _io.write_text(out / "table.md", table(results) + "\n")
+    style.save_all(brain_figures.figures(results), out / "figures")
     return results
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.brain_alignment",
-        description=__doc__.split("\n")[0],
-        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.subjects='(1,)'.",
-    )
-    ap.add_argument("--config", default="nsd", choices=sorted(configs.CONFIGS), help="preset")
-    ap.add_argument("--out", default=None, help="output directory (default runs/brain_<config>)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = _io.apply_overrides(configs.get_config(args.config), overrides)
-        check_config(cfg)
-    except ValueError as err:
-        ap.error(str(err))
-    out = Path(args.out or f"runs/brain_{args.config}")
-    results = run(cfg, out, progress=not args.no_progress)
-    print(table(results))
-    print(
-        f"\nresults: {out / 'results.json'}; figures: {out / 'figures'}; "
-        f"wall time {results['wall_seconds']:.0f} s"
-    )
-    return 0
+def summary(results: dict) -> str:
+    return table(results)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

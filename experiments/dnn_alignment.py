@@ -2,12 +2,12 @@
 
     python -m experiments.dnn_alignment --config digits_small          # CPU, minutes
     python -m experiments.dnn_alignment --config imagenet_resnet50 \\
-        --config.data_dir=/data/tfds --config.manual_dir=/data/imagenet  # accelerator
+        --config.data.data_dir=/data/tfds --config.data.manual_dir=/data/imagenet  # accelerator
 
 For every model of the config: train it from every seed (``experiments.dnn_train``), extract the
 configured layers' units (ResNet: centre position clamped at 0; ViT: CLS token) for the train and
 validation splits into activation shards on disk, train one DNN SAE per layer and seed on the
-train shards (REFERENCE.md: per-sample normalisation, Kaiming-uniform, AuxK dead after 32 steps,
+train shards (PROTOCOL.md: per-sample normalisation, Kaiming-uniform, AuxK dead after 32 steps,
 Adam 4e-4, batch 64, shuffled epochs; seeds a vmap axis), and score on the validation split
 (seed 0 -> seed 1, dead units removed by the metrics): soft- and semi-matching Neuron->Neuron,
 SAE->SAE, RandSAE->SAE and ridge Neuron->Neuron, SAE->Neuron, SAE->SAE, RandSAE->Neuron.
@@ -22,36 +22,31 @@ modules ``features/<model>/seed<s>/<layer>.npz``: ``image_ids`` [n] int64 (sorte
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from experiments import _io, _shards, dnn_train, toy_models
+from experiments import _io, _shards, dnn_figures, dnn_train, launch, toy_models
+from experiments import figure_style as style
 from experiments.configs import dnn as configs
 from superalign import datasets, models, sae
 
+PRESETS = configs.PRESETS
 SPLITS = ("train", "validation")
 
 
 def sae_config(cfg, m: int, layer_index: int) -> sae.SAEConfig:
-    mc = dnn_train.model_config(cfg, m)
-    units = models.layer_width(mc, cfg.layers[m][layer_index])
-    return sae.dnn_config(
-        units,
-        expansion=cfg.sae_expansion[m][layer_index],
+    """``cfg.sae`` for one layer: its width, ``sae_expansion`` x width latents, ``sae_k``."""
+    units = models.layer_width(dnn_train.model_config(cfg, m), cfg.layers[m][layer_index])
+    return dataclasses.replace(
+        cfg.sae,
+        n_inputs=units,
+        n_latents=cfg.sae_expansion[m][layer_index] * units,
         k=cfg.sae_k[m][layer_index],
-        batch_size=cfg.sae_batch_size,
-        n_epochs=cfg.sae_epochs,
-        lr=cfg.sae_lr,
-        aux_weight=cfg.sae_aux_weight,
-        dead_steps=cfg.sae_dead_steps,
     )
 
 
@@ -66,8 +61,7 @@ def feature_path(out: Path, model: str, seed: int, layer: str) -> Path:
 
 def _pass_plan(cfg, split: str):
     """``(n_passes, batches per pass, train-mode batches?)`` of an extraction."""
-    dcfg = dnn_train.data_config(cfg)
-    n = datasets.num_examples(dcfg, split)
+    n = datasets.num_examples(cfg.data, split)
     augment = split == "train" and cfg.sae_train_augment
     passes = cfg.sae_train_passes if split == "train" else 1
     per_pass = n // cfg.extract_batch_size if augment else -(-n // cfg.extract_batch_size)
@@ -95,30 +89,28 @@ def extract(cfg, m: int, variables, out: Path, split: str, progress=True) -> Non
     passes, per_pass, augment = _pass_plan(cfg, split)
     fn = jax.jit(jax.vmap(lambda v, x: models.extract(mc, v, x, layers), in_axes=(0, None)))
     first = rows // cfg.extract_batch_size
-    dcfg = dnn_train.data_config(cfg)
-    with tqdm(
-        total=passes * per_pass,
-        initial=first,
-        desc=f"{cfg.models[m]} {split} activations",
-        disable=not progress,
-        leave=False,
-    ) as bar:
+    desc = f"{cfg.models[m]} {split} activations"
+    with launch.progress_bar(desc, progress, passes * per_pass) as tick:
+        tick(first)
         for p in range(first // per_pass, passes):
             start = first - p * per_pass if p == first // per_pass else 0
-            for batch in datasets.batches(
-                dcfg,
-                split,
-                cfg.extract_batch_size,
-                train=augment,
-                seed=cfg.data_seed + 1,  # not the training order
-                epoch=p,
-                start=start,
+            for i, batch in enumerate(
+                datasets.batches(
+                    cfg.data,
+                    split,
+                    cfg.extract_batch_size,
+                    train=augment,
+                    seed=cfg.data_seed + 1,  # not the training order
+                    epoch=p,
+                    start=start,
+                ),
+                start,
             ):
                 acts = fn(variables, batch.images)
                 keep = batch.valid
                 for (layer, s), w in writers.items():
                     w.append(np.asarray(acts[layer][s])[keep], batch.image_ids[keep])
-                bar.update(1)
+                tick(p * per_pass + i + 1)
     for w in writers.values():
         w.close()
 
@@ -134,18 +126,21 @@ def write_features(cfg, m: int, out: Path) -> None:
             ids = reader.image_ids()
             order = np.argsort(ids, kind="stable")
             acts = reader.read()[order]
-            _io._atomic(
+            _io.write_atomic(
                 path,
                 lambda f, a=acts, i=ids[order]: np.savez(f, image_ids=i, activations=a),
             )
 
 
 def train_sae(cfg, m: int, layer_index: int, out: Path, progress=True):
-    """One SAE per seed (a vmap axis) on that seed's train shards; checkpointed every epoch.
+    """One SAE per seed (a vmap axis) on that seed's train shards; checkpointed every tenth epoch.
 
     Mirrors :func:`superalign.sae.train_on_stream` with ``n_seeds``: chunks of
     ``sae_chunk_rows`` rows (shards in a per-epoch seeded order, the same for every seed),
     batches shuffled within each chunk, and the same per-chunk keys.
+
+    Returns:
+      ``(params [S, ...], mse [S] of the last epoch's last chunk, or None if no epoch ran)``.
     """
     layer = cfg.layers[m][layer_index]
     scfg = sae_config(cfg, m, layer_index)
@@ -154,36 +149,31 @@ def train_sae(cfg, m: int, layer_index: int, out: Path, progress=True):
     ]
     key = jax.random.fold_in(jax.random.key(cfg.seeds[0]), 1 + layer_index)
     k_init, k_data = jax.random.split(key)
-    n = len(cfg.seeds)
-    init = jax.vmap(lambda k: sae.init_state(scfg, k))(jax.random.split(k_init, n))
+    init = jax.vmap(lambda k: sae.init_state(scfg, k))(jax.random.split(k_init, len(cfg.seeds)))
     run = jax.jit(jax.vmap(sae.make_chunk_run(scfg), in_axes=(0, 0, None)))
-    ckpt = _io.Checkpoints(Path(out) / "saes" / cfg.models[m] / layer)
-    done, state = ckpt.latest(jax.eval_shape(lambda: init))
-    state = init if state is None else state
-    every = max(1, cfg.sae_epochs // 10)
     mse = []
-    desc = f"{cfg.models[m]} {layer} SAEs"
-    with tqdm(
-        total=cfg.sae_epochs, initial=done, desc=desc, disable=not progress, leave=False
-    ) as bar:
-        for epoch in range(done, cfg.sae_epochs):
-            index = 0
+
+    def epochs(state, start, n):
+        for epoch in range(start, start + n):
             order_seed = cfg.data_seed * 1_000_003 + epoch
             streams = [r.chunks(cfg.sae_chunk_rows, seed=order_seed) for r in readers]
-            for chunks in zip(*streams, strict=True):
-                x = np.stack(chunks)
-                if x.shape[1] < scfg.batch_size:
-                    continue
+            chunks = (np.stack(c) for c in zip(*streams, strict=True))
+            for index, x in enumerate(c for c in chunks if c.shape[1] >= scfg.batch_size):
                 chunk_key = jax.random.fold_in(jax.random.fold_in(k_data, epoch), index)
                 state, metrics = run(state, x, chunk_key)
-                index += 1
             mse.append(metrics.mse.mean(axis=1))
-            if (epoch + 1) % every == 0 or epoch + 1 == cfg.sae_epochs:
-                ckpt.save(epoch + 1, state)
-            bar.update(1)
-    ckpt.close()
-    last = np.asarray(mse[-1]) if mse else None
-    return state.params, last
+        return state
+
+    state = launch.train(
+        init,
+        epochs,
+        scfg.n_epochs,
+        every=max(1, scfg.n_epochs // 10),
+        directory=Path(out) / "saes" / cfg.models[m] / layer,
+        desc=f"{cfg.models[m]} {layer} SAEs",
+        progress=progress,
+    )
+    return state.params, (np.asarray(mse[-1]) if mse else None)
 
 
 def layer_result(cfg, m: int, layer_index: int, out: Path, progress=True) -> dict:
@@ -212,7 +202,7 @@ def layer_result(cfg, m: int, layer_index: int, out: Path, progress=True) -> dic
     rand = sae.init(scfg, jax.random.fold_in(jax.random.key(cfg.random_sae_seed), layer_index))
     randsae = np.asarray(jax.jit(lambda x: sae.encode(scfg, rand, x)[0])(neurons[0]))
     acts = {"neurons": neurons, "sae": latents, "randsae": randsae}
-    scores = toy_models.alignment(cfg, acts, progress)
+    scores = toy_models.alignment(acts, n_folds=cfg.n_folds, seed=cfg.fold_seed, progress=progress)
     result = {
         "n_units": int(neurons.shape[-1]),
         "n_latents": scfg.n_latents,
@@ -246,7 +236,7 @@ def _fvu(scfg, params, neurons) -> list[float]:
 
 
 def run_model(cfg, m: int, out: Path, progress=True) -> dict:
-    stage = toy_models._Stages(cfg.models[m])
+    stage = launch.Stages(cfg.models[m])
     variables, accuracy = stage("training", dnn_train.train_model, cfg, m, out, progress)
     for split in SPLITS:
         stage(f"{split} activations", extract, cfg, m, variables, out, split, progress)
@@ -261,7 +251,7 @@ def run_model(cfg, m: int, out: Path, progress=True) -> dict:
     }
 
 
-def run(cfg, out, *, progress=True) -> dict:
+def run(cfg: configs.DNNExperimentConfig, out, *, progress=True) -> dict:
     """Run (or resume) the whole experiment; write results.json and the figures."""
     out = Path(out)
     dnn_train.validate(cfg)
@@ -269,36 +259,21 @@ def run(cfg, out, *, progress=True) -> dict:
         for i in range(len(cfg.layers[m])):
             sae_config(cfg, m, i)
     _io.check_out(cfg, out)
-    t0 = time.perf_counter()
-    results = {
-        "config": dataclasses.asdict(cfg),
-        "versions": _io.versions(),
-        "devices": [str(d) for d in jax.devices()],
-        "models": {name: run_model(cfg, m, out, progress) for m, name in enumerate(cfg.models)},
+    results = _io.header(cfg)
+    results["models"] = {
+        name: run_model(cfg, m, out, progress) for m, name in enumerate(cfg.models)
     }
-    results["wall_seconds"] = time.perf_counter() - t0
     _io.write_json(out / "results.json", results)
-    from experiments import dnn_figures
-
-    dnn_figures.save_all(results, out / "figures")
+    style.save_all(dnn_figures.figures(results), out / "figures")
     return results
 
 
-def summary_table(results: dict) -> str:
-    cols = ("neuron_neuron", "sae_sae", "randsae_sae", "sae_neuron", "randsae_neuron")
+def summary(results: dict) -> str:
     lines = []
     for model, res in results["models"].items():
         acc = ", ".join(f"seed {s}: {a:.3f}" for s, a in res["accuracy"].items())
         lines.append(f"\n{model}: validation accuracy {acc}")
-        lines.append("| layer | metric | " + " | ".join(cols) + " |")
-        lines.append("|---|---|" + "---|" * len(cols))
-        for layer, r in res["layers"].items():
-            for metric in ("soft_matching", "semi_matching", "ridge"):
-                cells = []
-                for c in cols:
-                    v = r[metric].get(c)
-                    cells.append(f"{v['mean']:.3f} ± {v['sem']:.3f}" if v else "")
-                lines.append(f"| {layer} | {metric} | " + " | ".join(cells) + " |")
+        lines += toy_models.scores_table("layer", res["layers"], digits=3)
         for layer, r in res["layers"].items():
             lines.append(
                 f"{layer}: {r['n_units']} units, {r['n_latents']} latents (k = {r['k']}), dead "
@@ -307,30 +282,5 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.dnn_alignment",
-        description=__doc__.split("\n")[0],
-        epilog="Config fields: --config.FIELD=VALUE (experiments/configs/dnn.py).",
-    )
-    ap.add_argument("--config", default="digits_small", choices=sorted(configs.CONFIGS))
-    ap.add_argument("--out", default=None, help="output directory (default runs/<config>)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = _io.apply_overrides(configs.get_config(args.config), overrides)
-    except ValueError as err:
-        ap.error(str(err))
-    out = Path(args.out or f"runs/{args.config}")
-    results = run(cfg, out, progress=not args.no_progress)
-    print(summary_table(results))
-    print(
-        f"\nresults: {out / 'results.json'}; figures: {out / 'figures'}; features: "
-        f"{out / 'features'}; wall time {results['wall_seconds']:.0f} s"
-    )
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

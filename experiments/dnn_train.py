@@ -1,7 +1,7 @@
 """Train image classifiers for a list of seeds, resumable, data-parallel over devices.
 
     python -m experiments.dnn_train --config digits_small --out runs/dnn_digits
-    python -m experiments.dnn_train --config imagenet_resnet50 --config.data_dir=/data/tfds
+    python -m experiments.dnn_train --config imagenet_resnet50 --config.data.data_dir=/data/tfds
 
 Every model of the config is trained from every seed on the same batches (the data seed fixes
 order and augmentation; seeds differ in initialisation only). Seeds are a ``vmap`` axis where the
@@ -15,9 +15,7 @@ summation order. Training states are orbax checkpoints every ``checkpoint_every`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
-from experiments import _io
+from experiments import _io, launch
 from experiments.configs import dnn as configs
 from superalign import datasets, models
+
+PRESETS = configs.PRESETS
 
 
 class TrainState(NamedTuple):
@@ -59,23 +58,11 @@ class TrainSpec:
     steps_per_epoch: int
 
 
-def data_config(cfg: configs.DNNExperimentConfig) -> datasets.DataConfig:
-    return datasets.DataConfig(
-        name=cfg.dataset,
-        image_size=cfg.image_size,
-        resize_size=cfg.resize_size,
-        data_dir=cfg.data_dir,
-        manual_dir=cfg.manual_dir,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-    )
-
-
 def model_config(cfg: configs.DNNExperimentConfig, m: int) -> models.ModelConfig:
     return models.preset(
         cfg.models[m],
-        num_classes=datasets.num_classes(data_config(cfg)),
-        image_size=cfg.image_size,
+        num_classes=datasets.num_classes(cfg.data),
+        image_size=cfg.data.image_size,
     )
 
 
@@ -184,16 +171,34 @@ def _check_batch(cfg, n_devices: int) -> None:
         )
 
 
+class _TrainBatches:
+    """The training batches by global step, read on from the open epoch where possible."""
+
+    def __init__(self, cfg, steps_per_epoch: int):
+        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.batches, self.next_step = None, None
+
+    def take(self, start: int, n: int):
+        """The batches of steps ``start .. start + n - 1`` (epochs in turn)."""
+        for step in range(start, start + n):
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            if offset == 0 or step != self.next_step:
+                self.batches = iter(datasets.batches(
+                    self.cfg.data, "train", self.cfg.batch_size, train=True,
+                    seed=self.cfg.data_seed, epoch=epoch, start=offset,
+                ))  # fmt: skip
+            self.next_step = step + 1
+            yield next(self.batches)
+
+
 def train_group(cfg, m: int, seeds: tuple, directory: Path, progress: bool = True):
     """Train one model from ``seeds`` (a vmap axis); resume from ``directory``'s checkpoints.
 
     Returns:
       The final :class:`TrainState` with a leading seed axis.
     """
-    dcfg = data_config(cfg)
-    steps_per_epoch = datasets.num_examples(dcfg, "train") // cfg.batch_size
+    steps_per_epoch = datasets.num_examples(cfg.data, "train") // cfg.batch_size
     spec = train_spec(cfg, m, steps_per_epoch)
-    total = spec.epochs * steps_per_epoch
     grid = mesh()
     _check_batch(cfg, grid.size)
     replicated = NamedSharding(grid, PartitionSpec())
@@ -205,51 +210,40 @@ def train_group(cfg, m: int, seeds: tuple, directory: Path, progress: bool = Tru
         donate_argnums=0,
     )
     init = jax.jit(jax.vmap(lambda k: init_state(spec, k)), out_shardings=replicated)
-    ckpt = _io.Checkpoints(directory)
-    fresh = init(_keys(seeds))
-    # Restore onto this run's mesh, whatever the devices of the run that saved it.
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), fresh
-    )
-    done, state = ckpt.latest(abstract)
-    state = fresh if state is None else jax.device_put(state, replicated)
+    stream = _TrainBatches(cfg, steps_per_epoch)
     desc = f"{cfg.models[m]} seeds {','.join(map(str, seeds))}"
-    with tqdm(total=total, initial=done, desc=desc, disable=not progress, leave=False) as bar:
-        for epoch in range(done // steps_per_epoch, spec.epochs):
-            start = done - epoch * steps_per_epoch if epoch == done // steps_per_epoch else 0
-            batches = datasets.batches(
-                dcfg, "train", cfg.batch_size, train=True, seed=cfg.data_seed, epoch=epoch,
-                start=start,
-            )  # fmt: skip
-            for batch in batches:
-                images = jax.device_put(batch.images, split)
-                labels = jax.device_put(batch.labels, split)
-                state, metrics = step(state, images, labels)
-                done += 1
-                bar.update(1)
-                if done % cfg.checkpoint_every == 0 or done == total:
-                    ckpt.save(done, state)
-                    bar.set_postfix(loss=f"{float(metrics.loss.mean()):.3f}")
-    if ckpt.manager.latest_step() != done:
-        ckpt.save(done, state)
-    ckpt.close()
-    return state
+
+    def segment(state, start, n):
+        for batch in stream.take(start, n):
+            images = jax.device_put(batch.images, split)
+            labels = jax.device_put(batch.labels, split)
+            state, metrics = step(state, images, labels)
+        launch.log.info("%s step %d: loss %.3f", desc, start + n, float(metrics.loss.mean()))
+        return state
+
+    # The state restores onto this run's mesh (replicated), whatever the devices that saved it.
+    return launch.train(
+        init(_keys(seeds)),
+        segment,
+        spec.epochs * steps_per_epoch,
+        every=cfg.checkpoint_every,
+        directory=directory,
+        desc=desc,
+        progress=progress,
+    )
 
 
 def evaluate(cfg, m: int, state: TrainState, progress: bool = True) -> np.ndarray:
     """Validation accuracy per seed, ``[S]``."""
-    dcfg = data_config(cfg)
     spec = train_spec(cfg, m, 1)
     correct = jax.jit(make_eval(spec))
     total, n = np.zeros(jax.tree.leaves(state.step)[0].shape[0]), 0
-    for batch in tqdm(
-        datasets.batches(dcfg, "validation", cfg.extract_batch_size, train=False),
-        desc=f"{cfg.models[m]} accuracy",
-        disable=not progress,
-        leave=False,
-    ):
-        total += np.asarray(correct(state, batch.images, batch.labels, batch.valid))
-        n += int(batch.valid.sum())
+    batches = datasets.batches(cfg.data, "validation", cfg.extract_batch_size, train=False)
+    with launch.progress_bar(f"{cfg.models[m]} accuracy", progress) as tick:
+        for i, batch in enumerate(batches):
+            total += np.asarray(correct(state, batch.images, batch.labels, batch.valid))
+            n += int(batch.valid.sum())
+            tick(i + 1)
     return total / n
 
 
@@ -282,27 +276,26 @@ def validate(cfg) -> None:
     _check_batch(cfg, len(jax.devices()))
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(prog="python -m experiments.dnn_train", description=__doc__)
-    ap.add_argument("--config", default="digits_small", choices=sorted(configs.CONFIGS))
-    ap.add_argument("--out", default="runs/dnn_train")
-    ap.add_argument("--no-progress", action="store_true")
-    args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = _io.apply_overrides(configs.get_config(args.config), overrides)
-        validate(cfg)
-    except ValueError as err:
-        ap.error(str(err))
-    out = Path(args.out)
-    _io.write_json(out / "train_config.json", dataclasses.asdict(cfg))
-    print(f"devices: {len(jax.devices())} ({jax.devices()[0].platform})", flush=True)
+def run(cfg: configs.DNNExperimentConfig, out, *, progress: bool = True) -> dict:
+    """Train every model of the config from every seed (resumable); their validation accuracy."""
+    validate(cfg)
+    out = Path(out)
+    _io.check_out(cfg, out, "train_config.json")
+    launch.log.info("devices: %s", jax.devices())
+    accuracy = {}
     for m, name in enumerate(cfg.models):
-        _, acc = train_model(cfg, m, out, not args.no_progress)
-        print(f"{name}: validation accuracy " + ", ".join(
-            f"seed {s}: {a:.4f}" for s, a in zip(cfg.seeds, acc, strict=True)))  # fmt: skip
-    return 0
+        _, acc = train_model(cfg, m, out, progress)
+        accuracy[name] = {str(s): float(a) for s, a in zip(cfg.seeds, acc, strict=True)}
+    return {**_io.header(cfg), "platform": jax.default_backend(), "accuracy": accuracy}
+
+
+def summary(results: dict) -> str:
+    lines = [f"devices: {len(results['devices'])} ({results['platform']})"]
+    for name, acc in results["accuracy"].items():
+        seeds = ", ".join(f"seed {s}: {a:.4f}" for s, a in acc.items())
+        lines.append(f"{name}: validation accuracy {seeds}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

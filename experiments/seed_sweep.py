@@ -1,14 +1,14 @@
 """The toy experiment over many seed pairs, sizes N and SAE k: scores as mean and spread.
 
     python -m experiments.seed_sweep                    # 16 pairs, N in {8..48}, k in {3..12}
-    python -m experiments.seed_sweep --quick            # a few minutes on a 2-core CPU
+    python -m experiments.seed_sweep --config quick     # a few minutes on a 2-core CPU
     python -m experiments.seed_sweep --config.n_pairs=4 --config.sizes="(16,)" --out runs/s
 
 Per size N, one compiled call each: all 2 x n_pairs toy models (the seed axis split over the
 device mesh, :func:`superalign.toy.make_sharded_train`), then the SAEs of every (seed, k) on
 the same rows (k a vmap axis, compiled once at the largest k), then the held-out activations.
-Alignment is computed for every pair (2p -> 2p + 1) with the library calls of
-``experiments.toy_models`` (soft- and semi-matching share one set of fold moments); the library
+Alignment is computed for every pair (2p -> 2p + 1) with the library calls the toy experiment
+makes (soft- and semi-matching share one set of fold moments); the library
 pads dead units to the input widths, so all pairs of a condition share one compile. Every score
 is reported per pair and as mean, std, sem, min and max across pairs; the alignment gains
 (SAE->SAE over Neuron->Neuron soft-matching, SAE->Neuron over Neuron->Neuron ridge) likewise,
@@ -19,46 +19,29 @@ Finished sizes are cached in ``out/sizes``; SAE training is checkpointed every
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 import superalign
-from experiments import _io, toy_models
+from experiments import _io, launch, seed_sweep_figures
+from experiments import figure_style as style
 from experiments.configs import seed_sweep as configs
+from experiments.toy_models import seed_keys
 from superalign import analysis, features, sae, sharding, toy
 from superalign.folds import full_precision
 
-MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
-RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
+PRESETS = configs.PRESETS
 
 
 def validate(cfg: configs.SeedSweepConfig, mesh) -> None:
     """Every setting checked before any work (ValueError naming the field)."""
-    if not isinstance(cfg.n_pairs, int) or isinstance(cfg.n_pairs, bool) or cfg.n_pairs < 2:
-        raise ValueError(f"n_pairs must be an integer >= 2 (a spread needs two), got {cfg.n_pairs}")
-    if not cfg.sae_ks or len(set(cfg.sae_ks)) != len(cfg.sae_ks):
-        raise ValueError(f"sae_ks must be distinct values, got {cfg.sae_ks!r}")
-    for k in cfg.sae_ks:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.sae_latents:
-            raise ValueError(f"sae_ks must be in 1..sae_latents={cfg.sae_latents}, got {k!r}")
-    for name in ("group_size", "segment_steps"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    cfg.validate()
     sharding.check_divisible("2 * n_pairs (seeds)", 2 * cfg.n_pairs, mesh)
-    base = cfg.base()
-    for n in cfg.sizes:
-        tcfg = toy_models.toy_config(base, n)
-        toy_models.sae_config(base, n)
-    _, held = features.split_steps(tcfg.data)
+    _, held = features.split_steps(cfg.toy.data)
     if not 0 <= cfg.heldout_steps <= len(held):
         raise ValueError(
             f"heldout_steps must be in 0..{len(held)} (0: all held-out batches), "
@@ -69,13 +52,13 @@ def validate(cfg: configs.SeedSweepConfig, mesh) -> None:
 
 
 def heldout_range(cfg) -> range:
-    _, held = features.split_steps(toy_models.toy_config(cfg.base(), cfg.sizes[0]).data)
+    _, held = features.split_steps(cfg.toy.data)
     n = cfg.heldout_steps or len(held)
     return range(held.start, held.start + n)
 
 
 def heldout_rows(cfg) -> int:
-    return len(heldout_range(cfg)) * cfg.batch_size
+    return len(heldout_range(cfg)) * cfg.toy.batch_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +67,8 @@ def heldout_rows(cfg) -> int:
 
 def train_toy_models(cfg, n_hidden: int, mesh):
     """``[S, ...]`` toy parameters of seeds 0 .. 2 n_pairs - 1 (same keys as toy_models)."""
-    base = cfg.base()
-    train = toy.make_sharded_train(
-        toy_models.toy_config(base, n_hidden), mesh, None, cfg.group_size
-    )
-    params, metrics = train(toy_models._seed_keys(base.seeds, 0))
+    train = toy.make_sharded_train(cfg.toy_config(n_hidden), mesh, None, cfg.group_size)
+    params, metrics = train(seed_keys(cfg.seeds, 0))
     return params
 
 
@@ -115,11 +95,10 @@ def _sae_segment(scfg: sae.SAEConfig, spec: features.DataSpec, n: int):
 
 def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
     """``[S, K, ...]`` SAE parameters for every seed and every k in ``cfg.sae_ks``."""
-    base = cfg.base()
-    tcfg, scfg = toy_models.toy_config(base, n_hidden), toy_models.sae_config(base, n_hidden)
-    train_steps, _ = features.split_steps(tcfg.data)
+    scfg = cfg.sae_config(n_hidden)
+    train_steps, _ = features.split_steps(cfg.toy.data)
     ks = jnp.asarray(cfg.sae_ks, jnp.int32)
-    init = jax.vmap(lambda k: sae.init_state(scfg, k))(toy_models._seed_keys(base.seeds, 1))
+    init = jax.vmap(lambda k: sae.init_state(scfg, k))(seed_keys(cfg.seeds, 1))
     init = jax.tree.map(lambda x: jnp.repeat(x[:, None], len(cfg.sae_ks), axis=1), init)
     seeds, rep = sharding.leading(mesh).spec, sharding.replicated(mesh).spec
     compiled = {}
@@ -128,7 +107,7 @@ def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
         if n not in compiled:
             compiled[n] = jax.jit(
                 jax.shard_map(
-                    _sae_segment(scfg, tcfg.data, n),
+                    _sae_segment(scfg, cfg.toy.data, n),
                     mesh=mesh,
                     in_specs=(seeds, seeds, rep, rep),
                     out_specs=seeds,
@@ -137,15 +116,15 @@ def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
             )
         return compiled[n](state, toy_params, ks, jnp.int32(s))
 
-    state = toy_models._train_segmented(
-        out / "checkpoints" / f"sae_N{n_hidden}",
+    state = launch.train(
         init,
         step_fn,
-        train_steps.start,
-        train_steps.stop,
-        cfg.segment_steps,
-        f"N={n_hidden} SAEs ({len(base.seeds)} seeds x {len(cfg.sae_ks)} k)",
-        progress,
+        len(train_steps),
+        every=cfg.segment_steps,
+        start=train_steps.start,
+        directory=out / "checkpoints" / f"sae_N{n_hidden}",
+        desc=f"N={n_hidden} SAEs ({len(cfg.seeds)} seeds x {len(cfg.sae_ks)} k)",
+        progress=progress,
     )
     return state.params
 
@@ -154,7 +133,7 @@ def train_saes(cfg, n_hidden: int, toy_params, out: Path, mesh, progress=True):
 # Alignment over pairs: the library, pair by pair.
 
 
-def align_pairs(X_all, Y_all, src, tgt, *, metrics, n_folds, seed):
+def align_pairs(X_all, Y_all, src, tgt, metrics, *, n_folds, seed):
     """Cross-validated scores of ``Y_all[tgt[p]]`` from ``X_all[src[p]]`` for every pair ``p``.
 
     Calls ``superalign.soft_and_semi_matching`` (direction "target", plans not kept) and
@@ -251,7 +230,7 @@ def gain(base: dict, new: dict) -> dict:
 
 def heldout_neurons(cfg, n_hidden, toy_params):
     """``[S, M, N]`` neuron activations on the alignment rows (features drawn once per call)."""
-    spec = toy_models.toy_config(cfg.base(), n_hidden).data
+    spec = cfg.toy.data
     rows = heldout_range(cfg)
     acts = jax.vmap(lambda p, s: toy.activations(p, spec, s, len(rows)), in_axes=(0, None))
     return jax.jit(acts)(toy_params, rows.start)
@@ -281,9 +260,8 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     if cached.exists():
         return _io.read_json(cached)
     t0 = time.perf_counter()
-    stage = toy_models._Stages(f"N={n_hidden}")
-    base = cfg.base()
-    scfg = toy_models.sae_config(base, n_hidden)
+    stage = launch.Stages(f"N={n_hidden}")
+    scfg = cfg.sae_config(n_hidden)
     P = cfg.n_pairs
     src, tgt = list(range(0, 2 * P, 2)), list(range(1, 2 * P, 2))
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
@@ -291,39 +269,29 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     toy_params = stage("toy models", train_toy_models, cfg, n_hidden, mesh)
     sae_params = stage("SAEs", train_saes, cfg, n_hidden, toy_params, out, mesh, progress)
     neurons = stage("held-out neurons", heldout_neurons, cfg, n_hidden, toy_params)
-    rand_keys = jnp.stack(
-        [toy_models._seed_keys([s], cfg.random_sae_seed)[0] for s in base.seeds[::2]]
-    )
+    rand_keys = seed_keys(cfg.seeds[::2], cfg.random_sae_seed)  # each pair's source seed
     rand_params = jax.vmap(lambda k: sae.init(scfg, k))(rand_keys)
     encode = _encoder(scfg)
     result: dict = {"pairs": P, "k": {}}
-    scores = stage(
-        "alignment Neuron->Neuron",
-        lambda: align_pairs(neurons, neurons, src, tgt, metrics=("matching", "ridge"), **kw),
-    )
+    both = ("matching", "ridge")
+    scores = stage("alignment Neuron->Neuron", align_pairs, neurons, neurons, src, tgt, both, **kw)
     result["neuron_neuron"] = _summaries(scores)
-    with tqdm(cfg.sae_ks, desc=f"N={n_hidden} alignment per k", disable=not progress) as bar:
-        for j, k in enumerate(bar):
+    desc = f"N={n_hidden} alignment per k"
+    with launch.progress_bar(desc, progress, len(cfg.sae_ks)) as tick:
+        for j, k in enumerate(cfg.sae_ks):
             params_k = jax.tree.map(lambda x, j=j: x[:, j], sae_params)
             latents = encode(params_k, neurons, k)  # [S, M, L]
             rand = encode(rand_params, neurons[::2], k)  # [P, M, L]: each source seed
             ps = list(range(P))
             runs = {
-                "sae_sae": (latents, latents, src, tgt, ("matching", "ridge")),
+                "sae_sae": (latents, latents, src, tgt, both),
                 "randsae_sae": (rand, latents, ps, tgt, ("matching",)),
                 "sae_neuron": (latents, neurons, src, tgt, ("ridge",)),
                 "randsae_neuron": (rand, neurons, ps, tgt, ("ridge",)),
             }
             rec: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
-            for cond, (X, Y, s_, t_, metrics) in runs.items():
-                res = _summaries(
-                    stage(
-                        f"alignment k={k} {cond}",
-                        lambda X=X, Y=Y, s_=s_, t_=t_, m=metrics: align_pairs(
-                            X, Y, s_, t_, metrics=m, **kw
-                        ),
-                    )
-                )
+            for cond, args in runs.items():
+                res = _summaries(stage(f"alignment k={k} {cond}", align_pairs, *args, **kw))
                 for metric, summary in res.items():
                     rec[metric][cond] = summary
             nn = result["neuron_neuron"]
@@ -335,6 +303,7 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
             }
             result["k"][str(k)] = rec
             del latents, rand
+            tick(j + 1)
     result["analysis"] = analyse_pairs(toy_params, P)
     result["wall_seconds"] = time.perf_counter() - t0
     result["stage_seconds"] = stage.seconds
@@ -343,31 +312,25 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
 
 
 @full_precision
-def run(cfg, out, *, mesh=None, progress=True) -> dict:
+def run(cfg: configs.SeedSweepConfig, out, *, mesh=None, progress=True) -> dict:
     """Run (or resume) the sweep; write results.json and the figures (float32 products at full
     precision, also on GPUs)."""
     out = Path(out)
     mesh = sharding.default_mesh() if mesh is None else mesh
     validate(cfg, mesh)
     _io.check_out(cfg, out)
-    t0 = time.perf_counter()
     sizes = {str(n): run_size(cfg, n, out, mesh, progress) for n in cfg.sizes}
     results = {
-        "config": dataclasses.asdict(cfg),
-        "versions": _io.versions(),
-        "devices": [str(d) for d in mesh.devices.flat],
+        **_io.header(cfg, mesh.devices.flat),
         "heldout_rows": heldout_rows(cfg),
         "sizes": sizes,
     }
     _io.write_json(out / "results.json", results)
-    from experiments import seed_sweep_figures
-
-    seed_sweep_figures.save_all(results, out / "figures")
-    results["wall_seconds"] = time.perf_counter() - t0
+    style.save_all(seed_sweep_figures.figures(results), out / "figures")
     return results
 
 
-def summary_table(results: dict) -> str:
+def summary(results: dict) -> str:
     """Alignment gains per (N, k): mean +- std across pairs, and the share of pairs that gain."""
     lines = [
         "| N | k | soft N->N | soft SAE->SAE | soft gain % (mean ± std) | pairs > 0 "
@@ -392,30 +355,5 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.seed_sweep",
-        description=__doc__.split("\n")[0],
-        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.n_pairs=8.",
-    )
-    ap.add_argument("--quick", action="store_true", help="the quick preset (a few minutes)")
-    ap.add_argument("--out", default="runs/seed_sweep", help="output directory")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, overrides = ap.parse_known_args(argv)
-    cfg = configs.quick() if args.quick else configs.get_config()
-    try:
-        cfg = _io.apply_overrides(cfg, overrides)
-    except ValueError as err:
-        ap.error(str(err))
-    results = run(cfg, args.out, progress=not args.no_progress)
-    print(summary_table(results))
-    print(
-        f"\nresults: {Path(args.out) / 'results.json'}; figures: {Path(args.out) / 'figures'}; "
-        f"wall time {results['wall_seconds']:.0f} s"
-    )
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

@@ -3,15 +3,10 @@ spread across seed pairs, and the scores behind them."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import _io  # noqa: E402
+from experiments import figure_style as style
 
 
 def _per_k(results, key):
@@ -41,17 +36,20 @@ def gains_figure(results):
         for j, k in enumerate(ks):
             sizes, means, stds, pairs = per_k[k]
             x = np.log2(sizes) + (j - (len(ks) - 1) / 2) * 0.05
-            color = plt.cm.viridis(j / max(1, len(ks) - 1))
+            color = style.sequence_color(j, len(ks))
             for xi, vals in zip(x, pairs, strict=True):
                 ax.scatter(np.full(len(vals), xi), vals, s=4, color=color, alpha=0.25)
             ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, color=color, label=f"k = {k}")
         sizes = sorted({int(n) for n in results["sizes"]})
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.log2(sizes), [str(n) for n in sizes])
-        ax.set_xlabel("hidden neurons N")
-        ax.set_ylabel("alignment gain (%), mean ± std across pairs")
-        ax.set_title(f"{title} ({n_pairs} seed pairs)", fontsize=10)
-        ax.spines[["top", "right"]].set_visible(False)
+        style.finish(
+            ax,
+            "hidden neurons N",
+            "alignment gain (%), mean ± std across pairs",
+            title=f"{title} ({n_pairs} seed pairs)",
+            title_size=10,
+        )
     axes[0].legend(frameon=False, fontsize=8)
     return fig
 
@@ -69,38 +67,35 @@ def scores_figure(results):
         color="k",
         marker="s",
         capsize=3,
-        label="Neuron→Neuron",
+        label=style.LABELS["neuron_neuron"],
     )
     ks = sorted(next(iter(results["sizes"].values()))["k"], key=int)
     for j, k in enumerate(ks):
-        color = plt.cm.viridis(j / max(1, len(ks) - 1))
-        for cond, style in (("sae_sae", "-"), ("randsae_sae", ":")):
+        color = style.sequence_color(j, len(ks))
+        for cond, line in (("sae_sae", "-"), ("randsae_sae", ":")):
             recs = [results["sizes"][n]["k"][k]["soft_matching"][cond] for n in sizes]
-            label = f"{'SAE' if cond == 'sae_sae' else 'RandSAE'}→SAE, k = {k}"
+            label = f"{style.LABELS[cond]}, k = {k}"
             ax.errorbar(
                 x,
                 [r["mean"] for r in recs],
                 [r["std"] for r in recs],
                 color=color,
-                ls=style,
+                ls=line,
                 marker="o",
                 capsize=3,
                 label=label,
             )
     ax.set_xticks(x, sizes)
-    ax.set_xlabel("hidden neurons N")
-    ax.set_ylabel("soft-matching score (mean ± std across pairs)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    ax.spines[["top", "right"]].set_visible(False)
+    style.finish(
+        ax,
+        "hidden neurons N",
+        "soft-matching score (mean ± std across pairs)",
+        ylim=(0, 1.05),
+        legend=dict(fontsize=7, ncol=2),
+    )
     return fig
 
 
-def save_all(results: dict, folder) -> list[Path]:
-    folder = Path(folder)
-    paths = []
-    for name, make in (("seed_sweep_gains", gains_figure), ("seed_sweep_scores", scores_figure)):
-        fig = make(results)
-        paths += _io.save_figure(fig, folder / name)
-        plt.close(fig)
-    return paths
+def figures(results: dict) -> dict:
+    """Every figure of the sweep, by file stem."""
+    return {"seed_sweep_gains": gains_figure(results), "seed_sweep_scores": scores_figure(results)}

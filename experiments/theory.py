@@ -1,7 +1,7 @@
 """Paper section 3 as an experiment: superposition deflates matching scores; recovery restores them.
 
     python -m experiments.theory                       # about a minute on a 2-core CPU
-    python -m experiments.theory --tiny                # seconds
+    python -m experiments.theory --config tiny         # seconds
     python -m experiments.theory --config.n_samples=40000 --out runs/theory_big
 
 Four parts, every score from the library's metrics (5-fold CV, dead units removed), every one
@@ -21,10 +21,7 @@ closed forms) and ``figures/`` (PNG and PDF) into ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -34,19 +31,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import superalign
-from experiments import _io
+from experiments import _io, launch, theory_figures
+from experiments import figure_style as style
 from experiments.configs import theory as configs
-from superalign import _checks, theory
-from superalign import folds as _folds
+from superalign import folds, theory
 
-METRICS = ("permutation", "soft", "semi", "ridge", "ridge_reverse")
-METRIC_LABELS = {
-    "permutation": "permutation",
-    "soft": "soft-matching",
-    "semi": "semi-matching",
-    "ridge": "ridge a→b",
-    "ridge_reverse": "ridge b→a",
-}
+PRESETS = configs.PRESETS
+METRICS = tuple(style.METRIC_LABELS)
 
 
 def validate(cfg: configs.TheoryConfig) -> None:
@@ -55,7 +46,7 @@ def validate(cfg: configs.TheoryConfig) -> None:
         raise ValueError(f"config must be a TheoryConfig, got {type(cfg).__name__}")
     f = cfg.n_features
     for name in ("n_features", "n_samples", "recovery_samples", "sweep_samples", "latent_k"):
-        _checks.positive_int(name, getattr(cfg, name))
+        launch.positive_int(name, getattr(cfg, name))
     if cfg.latent_k > f:
         raise ValueError(f"latent_k must be at most n_features={f}, got {cfg.latent_k}")
 
@@ -81,7 +72,7 @@ def validate(cfg: configs.TheoryConfig) -> None:
     if cfg.table_group not in cfg.groups:
         raise ValueError(f"table_group must be one of groups={cfg.groups}, got {cfg.table_group}")
     ints_in("table_shift", (cfg.table_shift,), 0, cfg.table_group)
-    _folds.check_fold_counts(
+    folds.check_fold_counts(
         min(cfg.n_samples, cfg.recovery_samples, cfg.sweep_samples), cfg.n_folds
     )
 
@@ -268,29 +259,21 @@ def run(cfg, out, *, progress=True) -> dict:
     _io.check_out(cfg, out)
     t0 = time.perf_counter()
     key = jax.random.key(cfg.seed)
-    seconds = {}
-
-    def stage(name, fn, *args):
-        t = time.perf_counter()
-        value = fn(*args, progress=progress)
-        seconds[name] = time.perf_counter() - t
-        return value
-
+    stage = launch.Stages("theory")
     Z = _latents(cfg, jax.random.fold_in(key, 0))
-    results = {"config": dataclasses.asdict(cfg), "versions": _io.versions()}
-    results["devices"] = [str(d) for d in jax.devices()]
-    results["levels"] = stage("levels", levels, cfg, Z)
-    results["patterns"] = stage("patterns", patterns, cfg, Z)
-    results["recovery"] = stage("recovery", recovery_setting, cfg, jax.random.fold_in(key, 1))
-    results["sweep"] = stage("sweep", sweep, cfg, jax.random.fold_in(key, 2))
+    results = _io.header(cfg)
+    kw = dict(progress=progress)
+    results["levels"] = stage("levels", levels, cfg, Z, **kw)
+    results["patterns"] = stage("patterns", patterns, cfg, Z, **kw)
+    results["recovery"] = stage("recovery", recovery_setting, cfg, jax.random.fold_in(key, 1), **kw)
+    results["sweep"] = stage("sweep", sweep, cfg, jax.random.fold_in(key, 2), **kw)
     results["table"] = table(cfg, results)
-    results["stage_seconds"] = seconds
+    results["stage_seconds"] = stage.seconds
     results["wall_seconds"] = time.perf_counter() - t0
     _io.write_json(out / "results.json", results)
-    from experiments import theory_figures
-
-    theory_figures.save_all(results, out / "figures")
-    return _io.read_json(out / "results.json")
+    results = _io.read_json(out / "results.json")
+    style.save_all(theory_figures.figures(results), out / "figures")
+    return results
 
 
 def summary(results: dict) -> str:
@@ -322,7 +305,7 @@ def summary(results: dict) -> str:
     lines += [
         "",
         "Setting 4: every metric, measured (population)",
-        "| setting | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |",
+        "| setting | " + " | ".join(style.METRIC_LABELS[m] for m in METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
     ]
     for row in results["table"]:
@@ -350,31 +333,5 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.theory",
-        description=__doc__.split("\n")[0],
-        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.levels='(1, 2, 4)'.",
-    )
-    ap.add_argument("--tiny", action="store_true", help="the tiny preset (seconds)")
-    ap.add_argument("--out", default="runs/theory", help="output directory")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, overrides = ap.parse_known_args(argv)
-    cfg = configs.tiny() if args.tiny else configs.get_config()
-    try:
-        cfg = _io.apply_overrides(cfg, overrides)
-        validate(cfg)
-    except ValueError as err:
-        ap.error(str(err))
-    results = run(cfg, args.out, progress=not args.no_progress)
-    print(summary(results))
-    print(
-        f"\nresults: {Path(args.out) / 'results.json'}; figures: {Path(args.out) / 'figures'}; "
-        f"wall time {results['wall_seconds']:.0f} s"
-    )
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import _io  # noqa: E402
-
-COLORS = {
-    "permutation": "#c44e52",
-    "soft": "#4c72b0",
-    "semi": "#55a868",
-    "ridge": "#dd8452",
-    "ridge_reverse": "#8172b2",
-}
-LABELS = {
-    "permutation": "permutation",
-    "soft": "soft-matching",
-    "semi": "semi-matching",
-    "ridge": "ridge a→b",
-    "ridge_reverse": "ridge b→a",
-}
-
-
-def _clean(ax):
-    ax.spines[["top", "right"]].set_visible(False)
+from experiments import figure_style as style
+from experiments.figure_style import METRIC_COLORS as COLORS
+from experiments.figure_style import METRIC_LABELS as LABELS
 
 
 def levels_figure(results):
@@ -49,12 +27,14 @@ def levels_figure(results):
     for j, m in enumerate(("permutation", "soft", "semi", "ridge", "ridge_reverse")):
         means = [lev[str(n)]["measured"][m]["mean"] for n in ns]
         ax.plot(ns + (j - 2) * 0.06, means, "o", ms=4, color=COLORS[m], label=LABELS[m])
-    ax.set_xlabel("features mixed per unit of system b (n)")
-    ax.set_ylabel("score (A_a = I)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(frameon=False, fontsize=8)
-    ax.set_title("1. different sparsity levels")
-    _clean(ax)
+    style.finish(
+        ax,
+        "features mixed per unit of system b (n)",
+        "score (A_a = I)",
+        ylim=(0, 1.05),
+        title="1. different sparsity levels",
+        legend=dict(),
+    )
     return fig
 
 
@@ -95,12 +75,14 @@ def patterns_figure(results):
             ax1.plot([], [], mk, color="grey", label=f"g = {grp}")
     ax1.plot([], [], "s", color=COLORS["permutation"], label="permutation (measured)")
     ax1.plot([], [], "s", color=COLORS["ridge"], mfc="none", label="ridge (measured)")
-    ax1.set_xlabel("overlap o = (g − s)/g of a unit with its best partner's support")
-    ax1.set_ylabel("score")
-    ax1.set_ylim(0.4, 1.05)
-    ax1.legend(frameon=False, fontsize=8)
-    ax1.set_title("2. different sparsity patterns")
-    _clean(ax1)
+    style.finish(
+        ax1,
+        "overlap o = (g − s)/g of a unit with its best partner's support",
+        "score",
+        ylim=(0.4, 1.05),
+        title="2. different sparsity patterns",
+        legend=dict(),
+    )
     return fig
 
 
@@ -122,11 +104,14 @@ def recovery_figure(results):
         ax.bar(x + (j - 1.5) * 0.2, vals, 0.2, color=COLORS[m], label=LABELS[m])
         ax.plot(x + (j - 1.5) * 0.2, pops, "k_", ms=10)
     ax.set_xticks(x, list(names.values()), fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("score (bars: measured, ticks: population)")
-    ax.set_title(f"3. K = {rec['k']}, N = {rec['n_units']}, F = {results['config']['n_features']}")
-    ax.legend(frameon=False, fontsize=7, loc="upper left")
-    _clean(ax)
+    style.finish(
+        ax,
+        None,
+        "score (bars: measured, ticks: population)",
+        ylim=(0, 1.1),
+        title=f"3. K = {rec['k']}, N = {rec['n_units']}, F = {results['config']['n_features']}",
+        legend=dict(fontsize=7, loc="upper left"),
+    )
     for ax, key, title in (
         (axes[1], "recovered_permutation", "Score_perm(Ẑ_a, Ẑ_b)"),
         (axes[2], "exact_fraction_a", "rows recovered exactly (system a)"),
@@ -152,22 +137,17 @@ def sweep_units_figure(results):
     sw = results["sweep"]
     ns = np.array(sw["units"])
     fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-    cmap = plt.get_cmap("viridis")
     for i, k in enumerate(sw["ks"]):
         ax.plot(
             ns,
             sw["recovered_permutation"][i],
             "-o",
             ms=3,
-            color=cmap(i / max(1, len(sw["ks"]) - 1)),
+            color=style.sequence_color(i, len(sw["ks"])),
             label=f"Ẑ, K = {k}",
         )
     ax.plot(ns, sw["units_permutation_population"], "-s", color="k", ms=4, label="units Y")
-    ax.set_xlabel("units N")
-    ax.set_ylabel("Score_perm")
-    ax.set_ylim(0, 1.05)
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    _clean(ax)
+    style.finish(ax, "units N", "Score_perm", ylim=(0, 1.05), legend=dict(fontsize=7, ncol=2))
     return fig
 
 
@@ -183,24 +163,16 @@ def table_figure(results):
         ax.bar(off, [r["measured"][m] for r in rows], w, color=COLORS[m], label=LABELS[m])
         ax.plot(off, [r["population"][m] for r in rows], "k_", ms=8)
     ax.set_xticks(x, [r["setting"].replace(" vs ", "\nvs ") for r in rows], fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("score")
-    ax.legend(frameon=False, fontsize=8, ncol=5, loc="upper center")
-    _clean(ax)
+    style.finish(ax, None, "score", ylim=(0, 1.1), legend=dict(ncol=5, loc="upper center"))
     return fig
 
 
-def save_all(results, directory) -> list[Path]:
-    directory = Path(directory)
-    figures = {
+def figures(results) -> dict:
+    """Every figure of the experiment, by file stem."""
+    return {
         "theory1_sparsity_levels": levels_figure(results),
         "theory2_sparsity_patterns": patterns_figure(results),
         "theory3_recovery": recovery_figure(results),
         "theory3_sweep_units": sweep_units_figure(results),
         "theory4_metrics_table": table_figure(results),
     }
-    paths = []
-    for name, fig in figures.items():
-        paths += _io.save_figure(fig, directory / name)
-        plt.close(fig)
-    return paths

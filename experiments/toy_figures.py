@@ -6,59 +6,26 @@ figure 4 top (ridge), figure 6 (feature recovery) and figure 7 top (semi-matchin
 
 from __future__ import annotations
 
-from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import _io  # noqa: E402
-
-LABELS = {
-    "neuron_neuron": "Neuron→Neuron",
-    "sae_sae": "SAE→SAE",
-    "randsae_sae": "RandSAE→SAE",
-    "sae_neuron": "SAE→Neuron",
-    "randsae_neuron": "RandSAE→Neuron",
-}
-COLORS = {
-    "neuron_neuron": "#4c72b0",
-    "sae_sae": "#c44e52",
-    "randsae_sae": "#8c8c8c",
-    "sae_neuron": "#dd8452",
-    "randsae_neuron": "#b0b0b0",
-}
+from experiments import figure_style as style
 
 
-def _bars(ax, results, metric, conds, ylabel):
-    sizes = list(results["sizes"])
-    width = 0.8 / len(conds)
-    for j, cond in enumerate(conds):
-        means = [results["sizes"][n][metric][cond]["mean"] for n in sizes]
-        sems = [results["sizes"][n][metric][cond]["sem"] for n in sizes]
-        x = np.arange(len(sizes)) + (j - (len(conds) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=sems, capsize=3, color=COLORS[cond], label=LABELS[cond])
-    # Percentage change of the second condition (the disentangled one) over the first.
-    for i, n in enumerate(sizes):
-        base = results["sizes"][n][metric][conds[0]]["mean"]
-        new = results["sizes"][n][metric][conds[1]]["mean"]
-        top = max(results["sizes"][n][metric][c]["mean"] for c in conds)
-        if base > 0:
-            ax.annotate(
-                f"{100 * (new - base) / base:+.1f}%",
-                (i, top),
-                xytext=(0, 6),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-            )
-    ax.set_xticks(np.arange(len(sizes)), [f"N = {n}" for n in sizes])
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.1)
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
-    ax.spines[["top", "right"]].set_visible(False)
+def _values(results, metric, conds) -> dict:
+    """``{"N = n": {cond: (mean, sem)}}`` of one metric."""
+    return {
+        f"N = {n}": {c: (res[metric][c]["mean"], res[metric][c]["sem"]) for c in conds}
+        for n, res in results["sizes"].items()
+    }
+
+
+def metric_figure(results, metric: str, conds):
+    """One metric's scores per size and condition, with the gain of the second condition."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    style.bar_and_gain(ax, _values(results, metric, conds), conds)
+    ax.set_ylabel(style.YLABELS[metric])
+    return fig
 
 
 def figure2(results):
@@ -90,19 +57,9 @@ def figure2(results):
         ax.set_xlabel("best correlation of a neuron's W_s column")
         ax.set_ylabel("neurons")
     ax = fig.add_subplot(grid[:, len(sizes) :])
-    _bars(
-        ax,
-        results,
-        "soft_matching",
-        ("neuron_neuron", "sae_sae", "randsae_sae"),
-        "soft-matching correlation",
-    )
-    return fig
-
-
-def _metric_figure(results, metric, conds, ylabel):
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    _bars(ax, results, metric, conds, ylabel)
+    conds = style.MATCHING_CONDITIONS
+    style.bar_and_gain(ax, _values(results, "soft_matching", conds), conds)
+    ax.set_ylabel(style.YLABELS["soft_matching"])
     return fig
 
 
@@ -124,26 +81,13 @@ def figure6(results):
     return fig
 
 
-def save_all(results, directory) -> list[Path]:
-    directory = Path(directory)
-    figures = {
+def figures(results) -> dict:
+    """Every figure of the experiment, by file stem."""
+    return {
         "figure2_superposition_softmatching": figure2(results),
-        "figure4_top_ridge": _metric_figure(
-            results,
-            "ridge",
-            ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron"),
-            "ridge regression correlation",
-        ),
+        "figure4_top_ridge": metric_figure(results, "ridge", style.RIDGE_CONDITIONS),
         "figure6_recovery": figure6(results),
-        "figure7_top_semimatching": _metric_figure(
-            results,
-            "semi_matching",
-            ("neuron_neuron", "sae_sae", "randsae_sae"),
-            "semi-matching correlation",
+        "figure7_top_semimatching": metric_figure(
+            results, "semi_matching", style.MATCHING_CONDITIONS
         ),
     }
-    paths = []
-    for name, fig in figures.items():
-        paths += _io.save_figure(fig, directory / name)
-        plt.close(fig)
-    return paths

@@ -1,8 +1,8 @@
 """The toy-model experiment: paper section 4 and the toy half of section 6, from one command.
 
-    python -m experiments.toy_models                 # the paper's setting (REFERENCE.md)
-    python -m experiments.toy_models --quick         # about a minute
-    python -m experiments.toy_models --config.sizes="(16,)" --out runs/n16
+    python -m experiments.toy_models                     # the paper's setting (PROTOCOL.md)
+    python -m experiments.toy_models --config quick      # about a minute
+    python -m experiments.toy_models --config.sizes="(16,)" --config.sae.k=5 --out runs/n16
 
 For every size N: two toy models (seeds as a vmap axis) trained on the same rows, TopK SAEs on
 the first 80% of their activations, random-SAE controls, then on the held-out 20%:
@@ -14,9 +14,6 @@ killed run started again with the same command resumes, and finished stages are 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -24,46 +21,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 import superalign
-from experiments import _io
+from experiments import _io, launch, toy_figures
+from experiments import figure_style as style
 from experiments.configs import toy_models as configs
 from superalign import analysis, features, sae, toy
 from superalign.folds import full_precision
 
-MATCHING = ("neuron_neuron", "sae_sae", "randsae_sae")
-RIDGE = ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")
+PRESETS = configs.PRESETS
+FLAGS = {"save_activations": "also write the held-out activations (.npy)"}
+MATCHING = style.MATCHING_CONDITIONS
+RIDGE = style.RIDGE_CONDITIONS
 
 
-def toy_config(cfg: configs.ToyExperimentConfig, n_hidden: int) -> toy.ToyConfig:
-    return toy.ToyConfig(
-        n_features=cfg.n_features,
-        n_hidden=n_hidden,
-        feature_prob=cfg.feature_prob,
-        batch_size=cfg.batch_size,
-        n_steps=cfg.n_steps,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        output_relu=cfg.output_relu,
-        data_seed=cfg.data_seed,
-        train_fraction=cfg.train_fraction,
-    )
-
-
-def sae_config(cfg: configs.ToyExperimentConfig, n_hidden: int) -> sae.SAEConfig:
-    return sae.toy_config(
-        n_hidden,
-        n_latents=cfg.sae_latents,
-        k=cfg.sae_k,
-        aux_weight=cfg.sae_aux_weight,
-        dead_steps=cfg.sae_dead_steps,
-        lr=cfg.sae_lr,
-        batch_size=cfg.batch_size,
-    )
-
-
-def _seed_keys(seeds, salt: int) -> jax.Array:
+def seed_keys(seeds, salt: int) -> jax.Array:
+    """``[S]`` keys, one per seed: ``fold_in(key(seed), salt)`` (salt 0: toy models, 1: SAEs)."""
     return jnp.stack([jax.random.fold_in(jax.random.key(s), salt) for s in seeds])
 
 
@@ -72,30 +45,13 @@ def _segments(start: int, stop: int, size: int):
         yield s, min(size, stop - s)
 
 
-def _train_segmented(ckpt_dir, init_state, step_fn, start, stop, seg, desc, progress):
-    """Run ``step_fn(state, step, n)`` over [start, stop) in checkpointed segments; resume."""
-    ckpt = _io.Checkpoints(ckpt_dir)
-    done, state = ckpt.latest(jax.eval_shape(lambda: init_state))
-    state = init_state if state is None else state
-    with tqdm(
-        total=stop - start, initial=done, desc=desc, disable=not progress, leave=False
-    ) as bar:
-        for s, n in _segments(start + done, stop, seg):
-            state = step_fn(state, s, n)
-            ckpt.save(s + n - start, state)
-            bar.update(n)
-    ckpt.close()
-    return state
-
-
 def _ckpt_name(prefix: str, sizes) -> str:
     return f"{prefix}_N" + "-".join(str(n) for n in sizes)
 
 
-def _segment_batches(cfg: configs.ToyExperimentConfig, start, n: int) -> jax.Array:
+def _segment_batches(cfg: configs.ToySetup, start, n: int) -> jax.Array:
     """``[n, B, F]`` features of batches ``start .. start + n - 1`` (shared by every size)."""
-    spec = toy_config(cfg, cfg.sizes[0]).data
-    return features.batches(spec, start + jnp.arange(n))
+    return features.batches(cfg.toy.data, start + jnp.arange(n))
 
 
 def train_toy_models_all(cfg, sizes, out: Path, progress=True) -> dict:
@@ -104,8 +60,8 @@ def train_toy_models_all(cfg, sizes, out: Path, progress=True) -> dict:
     One pass over the rows: each segment's batches are drawn once and train every size and seed.
     """
     sizes = tuple(sizes)
-    tcfgs = [toy_config(cfg, n) for n in sizes]
-    keys = _seed_keys(cfg.seeds, 0)
+    tcfgs = [cfg.toy_config(n) for n in sizes]
+    keys = seed_keys(cfg.seeds, 0)
     init = tuple(jax.vmap(lambda k, tc=tc: toy.init_state(tc, k))(keys) for tc in tcfgs)
 
     updates = [jax.vmap(toy.make_update(tc), in_axes=(0, None)) for tc in tcfgs]
@@ -121,15 +77,14 @@ def train_toy_models_all(cfg, sizes, out: Path, progress=True) -> dict:
 
         return jax.lax.scan(step, states, jnp.arange(n))[0]
 
-    state = _train_segmented(
-        out / "checkpoints" / _ckpt_name("toy", sizes),
+    state = launch.train(
         init,
         jax.jit(segment, static_argnums=2),
-        0,
-        cfg.n_steps,
-        cfg.segment_steps,
-        f"toy models N={sizes}",
-        progress,
+        cfg.toy.n_steps,
+        every=cfg.segment_steps,
+        directory=out / "checkpoints" / _ckpt_name("toy", sizes),
+        desc=f"toy models N={sizes}",
+        progress=progress,
     )
     return {n: st.params for n, st in zip(sizes, state, strict=True)}
 
@@ -145,18 +100,17 @@ def train_saes_all(cfg, toy_params: dict, out: Path, progress=True) -> dict:
     One in-order pass over the train rows, each segment's batches drawn once for every size.
     """
     sizes = tuple(toy_params)
-    tcfg = toy_config(cfg, sizes[0])
-    scfgs = [sae_config(cfg, n) for n in sizes]
-    train_steps, _ = features.split_steps(tcfg.data)
-    keys = _seed_keys(cfg.seeds, 1)
+    scfgs = [cfg.sae_config(n) for n in sizes]
+    train_steps, _ = features.split_steps(cfg.toy.data)
+    keys = seed_keys(cfg.seeds, 1)
     init = tuple(jax.vmap(lambda k, sc=sc: sae.init_state(sc, k))(keys) for sc in scfgs)
     hidden = jax.vmap(toy.hidden, in_axes=(0, None))
 
     updates = [jax.vmap(sae.make_update(sc), in_axes=(0, 0)) for sc in scfgs]
-    rows = cfg.batch_size
+    rows = cfg.toy.batch_size
 
     def segment(states, params, start, n):
-        z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
+        z = _segment_batches(cfg, start, n).reshape(-1, cfg.toy.n_features)
         xs = [hidden(p, z) for p in params]  # [S, n * B, N] per size
 
         # In-order batches, every size's step in one loop body (as for the toy models).
@@ -170,15 +124,15 @@ def train_saes_all(cfg, toy_params: dict, out: Path, progress=True) -> dict:
 
     segment = jax.jit(segment, static_argnums=3)
     params = tuple(toy_params[n] for n in sizes)
-    state = _train_segmented(
-        out / "checkpoints" / _ckpt_name("sae", sizes),
+    state = launch.train(
         init,
         lambda st, s, n: segment(st, params, s, n),
-        train_steps.start,
-        train_steps.stop,
-        cfg.segment_steps,
-        f"SAEs N={sizes}",
-        progress,
+        len(train_steps),
+        every=cfg.segment_steps,
+        start=train_steps.start,
+        directory=out / "checkpoints" / _ckpt_name("sae", sizes),
+        desc=f"SAEs N={sizes}",
+        progress=progress,
     )
     return {n: st.params for n, st in zip(sizes, state, strict=True)}
 
@@ -188,7 +142,7 @@ def train_saes(cfg, n_hidden, toy_params, out: Path, progress=True):
     return train_saes_all(cfg, {n_hidden: toy_params}, out, progress)[n_hidden]
 
 
-class _RecoveryMoments:
+class RecoveryMoments:
     """Streamed correlations between ground-truth features and units (appendix A.3).
 
     Each chunk's centred moments come from one jitted call (float32, centred within the chunk);
@@ -256,52 +210,54 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
       number of held-out rows. The activations are device arrays: the metrics read them in
       place, and nothing is copied to the host unless the caller asks.
     """
-    tcfg, scfg = toy_config(cfg, n_hidden), sae_config(cfg, n_hidden)
-    _, held = features.split_steps(tcfg.data)
-    rand_params = sae.init(scfg, _seed_keys(cfg.seeds[:1], cfg.random_sae_seed)[0])
+    scfg, batch_size = cfg.sae_config(n_hidden), cfg.toy.batch_size
+    _, held = features.split_steps(cfg.toy.data)
+    rand_params = sae.init(scfg, seed_keys(cfg.seeds[:1], cfg.random_sae_seed)[0])
     n_seeds = len(cfg.seeds)
-    recovery = {"neurons": _RecoveryMoments(), "sae": _RecoveryMoments()}
+    recovery = {"neurons": RecoveryMoments(), "sae": RecoveryMoments()}
 
     def encode(params, x):
         # In row blocks of a few batches: 30-40% faster on the CPU than one encode of the whole
         # chunk (the top-k rounds then stay in cache).
-        n_batches = len(x) // cfg.batch_size
+        n_batches = len(x) // batch_size
         per_block = next(d for d in (4, 2, 1) if n_batches % d == 0)
-        blocks = x.reshape(-1, per_block * cfg.batch_size, x.shape[-1])
+        blocks = x.reshape(-1, per_block * batch_size, x.shape[-1])
         return jax.lax.map(lambda b: sae.encode(scfg, params, b)[0], blocks).reshape(len(x), -1)
 
     @partial(jax.jit, static_argnums=3)
     def segment(toy_params, sae_params, start, n):
         # The features are drawn once per segment and shared by every consumer.
-        z = _segment_batches(cfg, start, n).reshape(-1, cfg.n_features)
+        z = _segment_batches(cfg, start, n).reshape(-1, cfg.toy.n_features)
         h = jax.vmap(toy.hidden, in_axes=(0, None))(toy_params, z)
         latents = jax.vmap(encode)(sae_params, h)
         return z, h, latents, encode(rand_params, h[0])
 
     # Preallocated per-seed device arrays, written in place segment by segment (donated buffers),
     # so that peak memory is the activations plus one segment.
-    n_rows = len(held) * cfg.batch_size
-    widths = {"neurons": n_hidden, "sae": cfg.sae_latents}
+    n_rows = len(held) * batch_size
+    widths = {"neurons": n_hidden, "sae": scfg.n_latents}
     out = {
         k: [jnp.zeros((n_rows, w), jnp.float32) for _ in range(n_seeds)] for k, w in widths.items()
     }
-    out["randsae"] = jnp.zeros((n_rows, cfg.sae_latents), jnp.float32)
-    segments = list(_segments(held.start, held.stop, min(cfg.segment_steps, _HELDOUT_CHUNK)))
+    out["randsae"] = jnp.zeros((n_rows, scfg.n_latents), jnp.float32)
+    chunk = min(cfg.segment_steps, _HELDOUT_CHUNK)
     desc = f"N={n_hidden} held-out activations"
-    for s, n in tqdm(segments, desc=desc, disable=not progress, leave=False):
-        z, h, latents, rand = segment(toy_params, sae_params, s, n)
-        recovery["neurons"].add(z, h[0])
-        recovery["sae"].add(z, latents[0])
-        lo = (s - held.start) * cfg.batch_size
-        for i in range(n_seeds):
-            out["neurons"][i] = _write_rows(out["neurons"][i], h[i], lo)
-            out["sae"][i] = _write_rows(out["sae"][i], latents[i], lo)
-        out["randsae"] = _write_rows(out["randsae"], rand, lo)
+    with launch.progress_bar(desc, progress, len(held)) as tick:
+        for s, n in _segments(held.start, held.stop, chunk):
+            z, h, latents, rand = segment(toy_params, sae_params, s, n)
+            recovery["neurons"].add(z, h[0])
+            recovery["sae"].add(z, latents[0])
+            lo = (s - held.start) * batch_size
+            for i in range(n_seeds):
+                out["neurons"][i] = _write_rows(out["neurons"][i], h[i], lo)
+                out["sae"][i] = _write_rows(out["sae"][i], latents[i], lo)
+            out["randsae"] = _write_rows(out["randsae"], rand, lo)
+            tick(s + n - held.start)
     out["recovery"] = {k: v.best_correlations() for k, v in recovery.items()}
     return out
 
 
-def _score(result) -> dict:
+def score(result) -> dict:
     """The JSON record of one metric result: folds, mean, sem and what explains it."""
     record = {"folds": result.folds, "mean": result.mean, "sem": result.sem}
     for field in ("alpha", "converged", "dead_x", "dead_y"):
@@ -310,25 +266,32 @@ def _score(result) -> dict:
     return record
 
 
-def alignment(cfg, acts: dict, progress=True) -> dict:
-    """Every alignment score of one size on its held-out activations (seed 0 -> seed 1).
+def alignment(acts: dict, *, n_folds: int, seed: int, progress=True) -> dict:
+    """Every alignment score of one size (or layer) on its held-out activations, seed 0 -> 1.
+
+    Args:
+      acts: ``neurons`` and ``sae`` (a population per seed, ``[M, units]`` each) and
+        ``randsae`` (``[M, latents]``, the control SAE of seed 0).
+      n_folds, seed: the folds.
 
     Soft- and semi-matching of a condition share one pass over the rows
     (:func:`superalign.soft_and_semi_matching`).
     """
     a, b = 0, 1
     sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": [acts["randsae"]]}
-    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed)
+    kw = dict(n_folds=n_folds, seed=seed)
     jobs = [("matching", cond) for cond in MATCHING] + [("ridge", cond) for cond in RIDGE]
     out: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
-    for kind, cond in tqdm(jobs, desc="alignment", disable=not progress, leave=False):
-        src, tgt = cond.split("_")
-        X, Y = sources[src][a], sources[tgt][b]
-        if kind == "matching":
-            soft, semi = superalign.soft_and_semi_matching(X, Y, **kw)
-            out["soft_matching"][cond], out["semi_matching"][cond] = _score(soft), _score(semi)
-        else:
-            out["ridge"][cond] = _score(superalign.ridge_regression(X, Y, **kw))
+    with launch.progress_bar("alignment", progress, len(jobs)) as tick:
+        for i, (kind, cond) in enumerate(jobs):
+            src, tgt = cond.split("_")
+            X, Y = sources[src][a], sources[tgt][b]
+            if kind == "matching":
+                soft, semi = superalign.soft_and_semi_matching(X, Y, **kw)
+                out["soft_matching"][cond], out["semi_matching"][cond] = score(soft), score(semi)
+            else:
+                out["ridge"][cond] = score(superalign.ridge_regression(X, Y, **kw))
+            tick(i + 1)
     return out
 
 
@@ -350,20 +313,6 @@ def analyse(cfg, toy_params, acts: dict) -> dict:
     }
 
 
-class _Stages:
-    """Runs named stages, logging each one's wall time to stderr."""
-
-    def __init__(self, prefix: str):
-        self.prefix, self.seconds = prefix, {}
-
-    def __call__(self, name, fn, *args):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        self.seconds[name] = time.perf_counter() - t0
-        print(f"{self.prefix} {name}: {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
-        return out
-
-
 def _cached(out: Path, n_hidden: int) -> Path:
     return out / "sizes" / f"N{n_hidden}.json"
 
@@ -376,7 +325,7 @@ def run_size(
     The result is cached in ``out/sizes/N<n>.json``.
     """
     t0 = time.perf_counter()
-    stage = _Stages(f"N={n_hidden}")
+    stage = launch.Stages(f"N={n_hidden}")
     acts = stage("held-out activations", heldout, cfg, n_hidden, toy_params, sae_params, progress)
     if save_activations:
         for name in ("neurons", "sae"):
@@ -385,7 +334,8 @@ def run_size(
                 _io.save_npy(path, np.asarray(acts[name][i]))
         path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
         _io.save_npy(path, np.asarray(acts["randsae"]))
-    scores = stage("alignment", alignment, cfg, acts, progress)
+    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed, progress=progress)
+    scores = stage("alignment", alignment, acts, **kw)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0
     result["stage_seconds"] = stage.seconds
@@ -394,7 +344,7 @@ def run_size(
 
 
 @full_precision
-def run(cfg, out, *, save_activations=False, progress=True) -> dict:
+def run(cfg: configs.ToyExperimentConfig, out, *, save_activations=False, progress=True) -> dict:
     """Run (or resume) the whole experiment; write results.json and the figures.
 
     The toy models of every size train in one pass over the rows, then the SAEs of every size
@@ -403,14 +353,12 @@ def run(cfg, out, *, save_activations=False, progress=True) -> dict:
     Float32 products run at full precision, also on GPUs (not TF32), as in the paper's code.
     """
     out = Path(out)
-    for n in cfg.sizes:  # validate every setting before any work
-        toy_config(cfg, n), sae_config(cfg, n)
+    cfg.validate()  # every setting before any work
     _io.check_out(cfg, out)
-    t0 = time.perf_counter()
     todo = [n for n in cfg.sizes if save_activations or not _cached(out, n).exists()]
     shared = {}
     if todo:
-        stage = _Stages(f"N={tuple(cfg.sizes)}")
+        stage = launch.Stages(f"N={tuple(cfg.sizes)}")
         # Every size trains, so that the shared checkpoints do not depend on what is cached.
         toy_params = stage("toy models", train_toy_models_all, cfg, cfg.sizes, out, progress)
         sae_params = stage("SAEs", train_saes_all, cfg, toy_params, out, progress)
@@ -422,32 +370,36 @@ def run(cfg, out, *, save_activations=False, progress=True) -> dict:
             sizes[str(n)] = run_size(*args)
         else:
             sizes[str(n)] = _io.read_json(_cached(out, n))
-    results = {
-        "config": dataclasses.asdict(cfg),
-        "versions": _io.versions(),
-        "devices": [str(d) for d in jax.devices()],
-        "sizes": sizes,
-    }
+    results = {**_io.header(cfg), "sizes": sizes}
     if shared:
         results["shared_stage_seconds"] = shared
     _io.write_json(out / "results.json", results)
-    from experiments import toy_figures
-
-    toy_figures.save_all(results, out / "figures")
-    results["wall_seconds"] = time.perf_counter() - t0
+    style.save_all(toy_figures.figures(results), out / "figures")
     return results
 
 
-def summary_table(results: dict) -> str:
+def scores_table(label: str, groups: dict, digits: int = 4) -> list[str]:
+    """Markdown rows of :func:`alignment` scores (mean ± sem), one row per group and metric.
+
+    Args:
+      label: the groups' column header ("N", "layer").
+      groups: ``{group: alignment scores}``.
+      digits: decimals of the sem.
+    """
     cols = ("neuron_neuron", "sae_sae", "randsae_sae", "sae_neuron", "randsae_neuron")
-    lines = ["| N | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for n, res in results["sizes"].items():
+    lines = [f"| {label} | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for group, res in groups.items():
         for metric in ("soft_matching", "semi_matching", "ridge"):
             cells = []
             for c in cols:
                 r = res[metric].get(c)
-                cells.append(f"{r['mean']:.3f} ± {r['sem']:.4f}" if r else "")
-            lines.append(f"| {n} | {metric} | " + " | ".join(cells) + " |")
+                cells.append(f"{r['mean']:.3f} ± {r['sem']:.{digits}f}" if r else "")
+            lines.append(f"| {group} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_table(results: dict) -> str:
+    lines = scores_table("N", results["sizes"])
     for n, res in results["sizes"].items():
         rec = res["recovery"]
         below = np.mean(np.asarray(res["arrangement_best_match"]) < 0.5)
@@ -460,7 +412,7 @@ def summary_table(results: dict) -> str:
 
 
 def findings(results: dict) -> list[tuple[str, bool, str]]:
-    """The paper's six toy findings (REFERENCE.md), each as ``(claim, holds, numbers)``."""
+    """The paper's six toy findings (PROTOCOL.md), each as ``(claim, holds, numbers)``."""
     sizes = results["sizes"]
 
     def m(n, metric, cond):
@@ -546,38 +498,13 @@ def findings(results: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.toy_models",
-        description=__doc__.split("\n")[0],
-        epilog="Config fields: --config.FIELD=VALUE, e.g. --config.sizes='(16, 32)'.",
-    )
-    ap.add_argument("--quick", action="store_true", help="the quick preset (about a minute)")
-    ap.add_argument("--out", default="runs/toy_models", help="output directory")
-    ap.add_argument(
-        "--save-activations", action="store_true", help="write held-out activations (.npy)"
-    )
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, overrides = ap.parse_known_args(argv)
-    cfg = configs.quick() if args.quick else configs.get_config()
-    try:
-        cfg = _io.apply_overrides(cfg, overrides)
-    except ValueError as err:
-        ap.error(str(err))
-    results = run(
-        cfg, args.out, save_activations=args.save_activations, progress=not args.no_progress
-    )
-    print(summary_table(results))
-    print("\nThe paper's toy findings (REFERENCE.md):")
+def summary(results: dict) -> str:
+    """The scores table and the paper's six toy findings."""
+    lines = [summary_table(results), "", "The paper's toy findings (PROTOCOL.md):"]
     for claim, holds, numbers in findings(results):
-        print(f"  [{'yes' if holds else 'NO '}] {claim}: {numbers}")
-    print(
-        f"\nresults: {Path(args.out) / 'results.json'}; figures: {Path(args.out) / 'figures'}; "
-        f"wall time {results['wall_seconds']:.0f} s"
-    )
-    return 0
+        lines.append(f"  [{'yes' if holds else 'NO '}] {claim}: {numbers}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.cli(__name__)

@@ -14,12 +14,17 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
   ``subprocess.CompletedProcess`` (text output captured), whatever its exit status;
 - ``dict(notebook=..., cwd=..., out=...)``: a notebook executed top to bottom by nbclient
   (kernel working directory ``cwd``) with the notebooks' tiny settings
-  (``SUPERALIGN_NOTEBOOK_TINY=1``, the Agg backend, the repository on ``PYTHONPATH``), written to
-  ``out``; the result as for ``args``;
+  (``SUPERALIGN_NOTEBOOK_TINY=1``, the repository on ``PYTHONPATH``; figures shown inline as in
+  Jupyter), written to ``out``; the result as for ``args``;
 - ``dict(call=...)``: a function of no arguments (it starts and watches subprocesses itself); the
   result is what it returns.
 
 Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
+
+The experiments' command lines of one session share one persistent JAX compilation cache (a
+session folder in ``SUPERALIGN_CACHE``, every program kept), so repeated runs of the same tiny
+config reuse the programs the first compiled: same programs, same numbers. In-process tests do
+not use it (tests that count compilations must see every one).
 
 A job is started only if a selected test uses the fixture of that name (directly or through other
 fixtures), or a parametrised fixture as ``name[param]``. The fixture collects it with
@@ -68,7 +73,6 @@ class _Entry:
             env = {
                 **os.environ,
                 "SUPERALIGN_NOTEBOOK_TINY": "1",
-                "MPLBACKEND": "Agg",
                 "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             }
             job = dict(args=args + [str(job[k]) for k in ("notebook", "cwd", "out")], env=env)
@@ -113,6 +117,11 @@ class Background:
         info, proc = self.result(module, name, spec, factory)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return info, proc
+
+    def stdout(self, module: str, name: str, spec, factory):
+        """``(info, printed output)`` of a :meth:`completed` subprocess job."""
+        info, proc = self.completed(module, name, spec, factory)
+        return info, proc.stdout
 
     def close(self) -> None:
         with self._lock:
@@ -185,6 +194,11 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The session's :class:`Background`, with the jobs of every selected test started."""
+    os.environ.update(
+        SUPERALIGN_CACHE=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     bg = Background()
     for item in request.session.items:
         for name in _jobs(item):

@@ -6,28 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from experiment_checks import check_figures, check_record
 
 import superalign
-from experiments import _io, brain_alignment
+from experiments import _io, brain_alignment, launch
 from experiments.configs import brain as configs
 from superalign.brain import nsd
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config.subjects=(1, 2)",
-    "--config.dnns=('mixed',)",
-    "--config.sae_expansion=(4,)",
-    "--config.sae_k=(4,)",
-    "--config.synthetic_shape=(10, 12, 9)",
-    "--config.synthetic_train_rows=2000",
-    "--config.sae_epochs=3",
-    "--config.n_folds=3",
-    "--no-progress",
-]
+# The tiny preset: subjects 1 and 2 of a (10, 12, 9) miniature, the "mixed" DNN, 3 SAE epochs.
+TINY = ["--config", "tiny", "--no-progress"]
 
 
 def _main(argv):
-    """``brain_alignment.main(argv)`` as a command: ``python -m experiments.brain_alignment``."""
+    """``launch.main(brain_alignment, argv)`` as a command: ``python -m
+    experiments.brain_alignment``."""
     return dict(args=[sys.executable, "-m", "experiments.brain_alignment", *argv], cwd=ROOT)
 
 
@@ -38,7 +31,7 @@ def _synthetic_out(factory):
 
 def _synthetic_job(factory):
     out = _synthetic_out(factory)
-    return out, _main(["--config", "synthetic", "--out", str(out), *TINY])
+    return out, _main(["--out", str(out), *TINY])
 
 
 def _nsd_args(root, out):
@@ -55,7 +48,7 @@ def _nsd_args(root, out):
         "--config.sae_train_files=('',)",
         "--config.sae_expansion=(2,)",
         "--config.sae_k=(4,)",
-        "--config.sae_epochs=2",
+        "--config.sae.n_epochs=2",
         "--config.n_folds=3",
         "--no-progress",
     ]
@@ -98,16 +91,14 @@ def test_synthetic_run_writes_scores_table_and_figures(synthetic_run):
         scores = res["dnns"]["mixed"]
         assert set(scores) == set(brain_alignment.CONDITIONS)
         for r in scores.values():
-            assert len(r["folds"]) == 3
-            assert r["mean"] == pytest.approx(np.mean(r["folds"]))
+            check_record(r, n_folds=3)
             assert r["normalized_mean"] == pytest.approx(r["mean"] / (nc / 100), rel=1e-6)
-        assert scores["sae_voxel"]["memory_plan"]["peak_gib"] > 0
+        assert scores["sae_voxel"]["memory"]["peak_gib"] > 0
         # Shuffling the images destroys the prediction.
         assert abs(scores["scrambled_voxel"]["mean"]) < 0.06
         assert scores["neuron_voxel"]["mean"] > 0.3
-    for name in ("figure5_brain_ridge", "figure8_brain_ridge_other_subjects", "noise_ceilings"):
-        for ext in ("png", "pdf"):
-            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    figures = ("figure5_brain_ridge", "figure8_brain_ridge_other_subjects", "noise_ceilings")
+    check_figures(out / "figures", figures)
     table = (out / "table.md").read_text()
     assert table.count("\n") == 2 + 2 and "SAE vs Neuron" in table
     change = results["changes"][0]
@@ -129,7 +120,7 @@ def test_scores_equal_a_direct_ridge_on_the_files(synthetic_run):
 
 def test_sae_parameters_are_read_back_and_checked(synthetic_run, tmp_path):
     out, _ = synthetic_run
-    cfg = _io.apply_overrides(configs.get_config("synthetic"), TINY[1:4])
+    cfg = configs.get_config("tiny")
     scfg = brain_alignment.sae_config(cfg, 0, 16)
     params = brain_alignment.read_sae_params(out / "sae" / "mixed.npz", scfg)
     assert params.W_enc.shape == (16, 64) and params.W_dec.shape == (64, 16)
@@ -144,7 +135,7 @@ def test_sae_parameters_are_read_back_and_checked(synthetic_run, tmp_path):
 def test_a_rerun_reuses_every_stage(synthetic_run):
     out, results = synthetic_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()}
-    assert brain_alignment.main(["--config", "synthetic", "--out", str(out), *TINY]) == 0
+    assert launch.main(brain_alignment, ["--out", str(out), *TINY]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["subjects"] == results["subjects"]
@@ -176,13 +167,17 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
 def test_bad_configs_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="nsd_root must be set"):
         brain_alignment.check_config(configs.get_config("nsd"))
-    cfg = _io.apply_overrides(
+    cfg = launch.apply_overrides(
         configs.get_config("nsd"), ["--config.nsd_root=/data/nsd", "--config.sae_k=(82,)"]
     )
     with pytest.raises(ValueError, match=r"sae_k must have one entry per DNN \(2"):
         brain_alignment.check_config(cfg)
-    cfg = _io.apply_overrides(configs.get_config("synthetic"), ["--config.subjects=(9,)"])
+    cfg = launch.apply_overrides(configs.get_config("synthetic"), ["--config.subjects=(9,)"])
     with pytest.raises(ValueError, match="NSD subjects 1..8"):
+        brain_alignment.run(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    cfg = launch.apply_overrides(configs.get_config("tiny"), ["--config.subjects=(1, 5)"])
+    with pytest.raises(ValueError, match=r"subjects \(1, 5\) must be among synthetic.subjects"):
         brain_alignment.run(cfg, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="unknown config 'nope'"):

@@ -12,43 +12,24 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from experiment_checks import check_alignment, check_figures
 
 import superalign
-from experiments import _io, _shards, dnn_alignment, dnn_train
+from experiments import _io, _shards, dnn_alignment, dnn_train, launch
 from experiments.configs import dnn as configs
 from superalign import datasets, models
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config.models=('vit_small',)",
-    "--config.vmap_seeds=(True,)",
-    "--config.optimizer=('adamw',)",
-    "--config.lr=(1e-3,)",
-    "--config.weight_decay=(0.0,)",
-    "--config.epochs=(1,)",
-    "--config.warmup_epochs=(0,)",
-    "--config.label_smoothing=(0.0,)",
-    "--config.layers=(('encoder_layer_5.mlp',),)",
-    "--config.sae_expansion=((2,),)",
-    "--config.sae_k=((6,),)",
-    "--config.batch_size=64",
-    "--config.checkpoint_every=3",
-    "--config.sae_epochs=3",
-    "--config.sae_chunk_rows=512",
-    "--config.sae_train_passes=1",
-    "--config.extract_batch_size=128",
-    "--config.shard_rows=256",
-    "--config.n_folds=3",
-]
 
 
 def _cfg():
-    return _io.apply_overrides(configs.get_config("digits_small"), TINY)
+    """The tiny preset: one small ViT (seeds 0 and 1) for an epoch of digits, an SAE on block 5
+    (2x, k = 6, 3 epochs), checkpoints every 3 steps, 3 folds."""
+    return configs.get_config("tiny")
 
 
 def _cmd(module, out):
-    return [sys.executable, "-m", module, "--config", "digits_small", "--out", str(out), *TINY,
-            "--no-progress"]  # fmt: skip
+    return [sys.executable, "-m", module, "--config", "tiny", "--out", str(out), "--no-progress"]
 
 
 @functools.cache
@@ -63,32 +44,18 @@ def _params(out):
     return jax.tree.leaves(_trained(out))
 
 
-def _env(factory):
-    """The subprocesses' environment: one persistent compilation cache for all of them, so the
-    runs of dnn_train after the first reuse its compiled programs (same results, no recompiles)."""
-    cache = factory.getbasetemp() / "dnn_jax_cache"
-    cache.mkdir(exist_ok=True)
-    return {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-
-
 def _aligned_job(factory):
     out = factory.mktemp("dnn") / "run"
-    return out, dict(args=_cmd("experiments.dnn_alignment", out), cwd=ROOT, env=_env(factory))
+    return out, dict(args=_cmd("experiments.dnn_alignment", out), cwd=ROOT)
 
 
 def _killed_job(factory):
     """dnn_train killed with SIGKILL once its first checkpoint is written, then run again."""
     killed = factory.mktemp("dnn_killed") / "killed"
-    env = _env(factory)
 
     def kill_and_resume():
         ckpts = killed / "models" / "vit_small" / "seeds_0_1"
-        child = subprocess.Popen(_cmd("experiments.dnn_train", killed), cwd=ROOT, env=env,
+        child = subprocess.Popen(_cmd("experiments.dnn_train", killed), cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and child.poll() is None:
@@ -103,7 +70,7 @@ def _killed_job(factory):
             "running_at_kill": True,
             "accuracy_after_kill": (killed / "models" / "vit_small" / "accuracy.json").exists(),
             "resumed": subprocess.run(
-                _cmd("experiments.dnn_train", killed), cwd=ROOT, env=env, capture_output=True
+                _cmd("experiments.dnn_train", killed), cwd=ROOT, capture_output=True
             ),
         }
 
@@ -112,7 +79,7 @@ def _killed_job(factory):
 
 def _two_devices_job(factory):
     out = factory.mktemp("dnn_two") / "two"
-    env = {**_env(factory), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return out, dict(args=_cmd("experiments.dnn_train", out), cwd=ROOT, env=env)
 
 
@@ -124,8 +91,7 @@ BACKGROUND = {"aligned": _aligned_job, "killed": _killed_job, "two_devices": _tw
 @pytest.fixture(scope="module")
 def aligned(background, tmp_path_factory):
     """One tiny run of the whole experiment (it trains the models through dnn_train too)."""
-    out, proc = background.completed(__name__, "aligned", _aligned_job, tmp_path_factory)
-    return out, proc.stdout
+    return background.stdout(__name__, "aligned", _aligned_job, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +104,7 @@ def killed(background, tmp_path_factory):
 def two_devices(background, tmp_path_factory):
     """Call it for ``(out, stdout)`` of training on two simulated CPU devices."""
 
-    def wait():
-        out, proc = background.completed(
-            __name__, "two_devices", _two_devices_job, tmp_path_factory
-        )
-        return out, proc.stdout
-
-    return wait
+    return lambda: background.stdout(__name__, "two_devices", _two_devices_job, tmp_path_factory)
 
 
 def _named_params(out):
@@ -225,18 +185,9 @@ def test_alignment_end_to_end(aligned):
     assert set(res["accuracy"]) == {"0", "1"}
     layer = res["layers"]["encoder_layer_5.mlp"]
     assert layer["n_units"] == 64 and layer["n_latents"] == 128 and layer["n_rows"] == 809
-    for metric, conds in (
-        ("soft_matching", ("neuron_neuron", "sae_sae", "randsae_sae")),
-        ("semi_matching", ("neuron_neuron", "sae_sae", "randsae_sae")),
-        ("ridge", ("neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron")),
-    ):
-        for cond in conds:
-            r = layer[metric][cond]
-            assert len(r["folds"]) == 3
-            assert r["mean"] == pytest.approx(np.mean(r["folds"]))
-    for name in ("figure3_softmatching", "figure4_bottom_ridge", "figure7_bottom_semimatching"):
-        for ext in ("png", "pdf"):
-            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    check_alignment(layer, n_folds=3)
+    figures = ("figure3_softmatching", "figure4_bottom_ridge", "figure7_bottom_semimatching")
+    check_figures(out / "figures", figures)
 
     # The feature files: sorted ids, float32 units, equal to a plain forward pass of the model.
     cfg = _cfg()
@@ -251,7 +202,7 @@ def test_alignment_end_to_end(aligned):
         assert np.all(np.diff(f["image_ids"]) > 0)
         feats[seed] = f["activations"]
         one = jax.tree.map(lambda a, s=s: np.asarray(a)[s], variables)
-        batch = next(datasets.batches(dnn_train.data_config(cfg), "validation", 64, train=False))
+        batch = next(datasets.batches(cfg.data, "validation", 64, train=False))
         cls = np.asarray(forward(one, batch.images)[1]["encoder_layer_5.mlp"][:, 0])
         rows = np.searchsorted(f["image_ids"], batch.image_ids)
         np.testing.assert_allclose(f["activations"][rows], cls, rtol=1e-5, atol=1e-5)
@@ -270,17 +221,19 @@ def test_alignment_end_to_end(aligned):
     before = (out / "layers" / "vit_small" / "encoder_layer_5.mlp.json").stat().st_mtime_ns
     dnn_alignment.run(cfg, out, progress=False)
     assert (out / "layers" / "vit_small" / "encoder_layer_5.mlp.json").stat().st_mtime_ns == before
-    other = _io.apply_overrides(cfg, ["--config.sae_epochs=4"])
+    other = launch.apply_overrides(cfg, ["--config.sae.n_epochs=4"])
     with pytest.raises(ValueError, match="another config"):
         dnn_alignment.run(other, out, progress=False)
 
 
 def test_bad_config_fails_before_any_work(tmp_path):
-    cfg = _io.apply_overrides(_cfg(), ["--config.layers=(('layer4.2.bn2',),)"])
+    cfg = launch.apply_overrides(_cfg(), ["--config.layers=(('layer4.2.bn2',),)"])
     with pytest.raises(ValueError, match=r"unknown layer 'layer4.2.bn2'.*encoder_layer_5.mlp"):
         dnn_alignment.run(cfg, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="one entry per model"):
-        _io.apply_overrides(_cfg(), ["--config.models=('vit_small', 'resnet_small')"])
+        launch.apply_overrides(_cfg(), ["--config.models=('vit_small', 'resnet_small')"])
+    with pytest.raises(ValueError, match="sae.n_inputs is set for each run from the layer"):
+        launch.apply_overrides(_cfg(), ["--config.sae.n_inputs=64"])
     with pytest.raises(ValueError, match="--config must be one of"):
         configs.get_config("imagenet_resnet18")

@@ -1,19 +1,25 @@
-"""The notebooks run top to bottom (small settings through an environment variable)."""
+"""The notebooks run top to bottom (small settings through an environment variable), print their
+results and show their figures inline."""
 
+import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from experiment_checks import check_figures, check_record
+
+from experiments.configs import theory as theory_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["toy_models.ipynb"]
+NOTEBOOKS = ["toy_models.ipynb", "theory.ipynb"]
 
 
 def _notebook_job(name):
     def spec(factory):
         tmp = factory.mktemp("notebook")
         out = tmp / f"executed_{name}"
-        return out, dict(notebook=ROOT / "notebooks" / name, cwd=tmp, out=out)
+        return (tmp, out), dict(notebook=ROOT / "notebooks" / name, cwd=tmp, out=out)
 
     return spec
 
@@ -25,13 +31,62 @@ BACKGROUND = {f"notebook[{name}]": _notebook_job(name) for name in NOTEBOOKS}
 
 @pytest.fixture
 def notebook(request, background, tmp_path_factory):
-    """The notebook, executed top to bottom with nbclient: ``nbformat`` of the result."""
+    """``(kernel working directory, executed notebook)``, executed top to bottom by nbclient."""
     name = f"notebook[{request.param}]"
-    out, _ = background.completed(__name__, name, BACKGROUND[name], tmp_path_factory)
-    return nbformat.read(out, as_version=4)
+    (tmp, out), _ = background.completed(__name__, name, BACKGROUND[name], tmp_path_factory)
+    return tmp, nbformat.read(out, as_version=4)
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, indirect=True)
-def test_notebook_executes(notebook):
-    outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+def _text(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def _images(nb) -> int:
+    """How many PNG images the notebook displays."""
+    return sum(
+        o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
+
+
+@pytest.mark.parametrize("notebook", ["toy_models.ipynb"], indirect=True)
+def test_toy_notebook_prints_scores_and_shows_figures(notebook):
+    _, nb = notebook
+    outputs = _text(nb)
     assert "Neuron->Neuron" in outputs and "soft_matching" in outputs
+    assert _images(nb) >= 2  # figure 2 and figure 6
+
+
+@pytest.mark.parametrize("notebook", ["theory.ipynb"], indirect=True)
+def test_theory_notebook_runs_the_tiny_experiment(notebook):
+    tmp_path, nb = notebook
+    outputs = _text(nb)
+    assert "Setting 4" in outputs and "permutation" in outputs
+    assert _images(nb) >= 4  # settings 1 to 4
+    out = tmp_path / "runs" / "notebook_theory"
+    results = json.loads((out / "results.json").read_text())
+    cfg = theory_configs.tiny()
+    assert results["config"]["n_features"] == cfg.n_features and "jax" in results["versions"]
+    for n, r in results["levels"].items():
+        for m in ("permutation", "soft", "semi"):
+            rec = r["measured"][m]
+            check_record(rec, cfg.n_folds)
+            assert rec["mean"] == pytest.approx(1 / np.sqrt(int(n)), abs=0.03)
+    for r in results["patterns"].values():
+        assert r["measured"]["permutation"]["mean"] == pytest.approx(
+            r["closed_form"]["permutation"], abs=0.03
+        )
+    sw = results["sweep"]
+    assert np.shape(sw["recovered_permutation"]) == (len(cfg.sweep_ks), len(cfg.sweep_units))
+    assert len(results["table"]) == 5
+    check_figures(
+        out / "figures",
+        (
+            "theory1_sparsity_levels",
+            "theory2_sparsity_patterns",
+            "theory3_recovery",
+            "theory3_sweep_units",
+            "theory4_metrics_table",
+        ),
+    )

@@ -8,9 +8,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from experiment_checks import check_figures
 
 import superalign
-from experiments import _io, seed_sweep
+from experiments import launch, seed_sweep
 from experiments.configs import seed_sweep as configs
 
 
@@ -77,25 +78,11 @@ def test_spread_and_gain():
     assert g["fraction_positive"] == 0.5
 
 
-TINY = dict(
-    n_features=16,
-    sizes=(4,),
-    batch_size=64,
-    sae_latents=16,
-    sae_ks=(2, 3),
-    n_folds=3,
-    n_steps=200,
-    segment_steps=200,
-    n_pairs=2,
-    heldout_steps=0,
-)
-
-
 def _tiny_sweep_job(factory):
-    """``seed_sweep.main`` (``seed_sweep.run`` with TINY, then its summary table) as a command."""
+    """The tiny preset (two pairs at N = 4, k in {2, 3}) from the command line: ``seed_sweep.run``
+    then its summary table."""
     out = factory.mktemp("tiny_sweep")
-    overrides = [f"--config.{k}={v!r}" for k, v in TINY.items()]
-    args = [sys.executable, "-m", "experiments.seed_sweep", "--out", str(out), *overrides]
+    args = [sys.executable, "-m", "experiments.seed_sweep", "--config", "tiny", "--out", str(out)]
     return out, dict(args=[*args, "--no-progress"], cwd=Path(__file__).resolve().parents[1])
 
 
@@ -106,13 +93,12 @@ BACKGROUND = {"tiny_sweep": _tiny_sweep_job}
 @pytest.fixture
 def tiny_sweep(background, tmp_path_factory):
     """``(out, printed summary table)`` of the tiny sweep."""
-    out, proc = background.completed(__name__, "tiny_sweep", _tiny_sweep_job, tmp_path_factory)
-    return out, proc.stdout
+    return background.stdout(__name__, "tiny_sweep", _tiny_sweep_job, tmp_path_factory)
 
 
 def test_tiny_sweep_end_to_end(tiny_sweep):
     tmp_path, printed = tiny_sweep
-    cfg = dataclasses.replace(configs.get_config(), **TINY)
+    cfg = configs.get_config("tiny")
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"]["n_pairs"] == 2 and "jax" in on_disk["versions"]
     assert on_disk["heldout_rows"] == 40 * 64
@@ -132,9 +118,7 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
             res["neuron_neuron"]["soft_matching"]["pairs"],
         )
         np.testing.assert_allclose(g, expected)
-    for name in ("seed_sweep_gains", "seed_sweep_scores"):
-        for ext in ("png", "pdf"):
-            assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    check_figures(tmp_path / "figures", ("seed_sweep_gains", "seed_sweep_scores"))
     assert "soft gain" in printed  # seed_sweep.summary_table of the run's results
     # A finished size is reused; another config in the same folder is refused.
     before = (tmp_path / "sizes" / "N4.json").stat().st_mtime_ns
@@ -152,6 +136,8 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         ("sae_ks", (3, 3), "sae_ks"),
         ("heldout_steps", 10**6, "heldout_steps"),
         ("group_size", 0, "group_size"),
+        ("sizes", (), "sizes"),
+        ("segment_steps", 0, "segment_steps"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, field, value, match):
@@ -162,6 +148,11 @@ def test_bad_config_fails_before_any_work(tmp_path, field, value, match):
 
 
 def test_overrides_are_typed():
-    cfg = _io.apply_overrides(configs.get_config(), ["--config.sae_ks=(5,)", "--config.n_pairs=4"])
+    overrides = ["--config.sae_ks=(5,)", "--config.n_pairs=4", "--config.sae.n_latents=32"]
+    cfg = launch.apply_overrides(configs.get_config(), overrides)
     assert cfg.sae_ks == (5,) and cfg.n_pairs == 4
-    assert cfg.base().seeds == tuple(range(8)) and cfg.base().sae_k == 5
+    assert cfg.seeds == tuple(range(8))
+    assert cfg.sae_config(16) == superalign.toy_config(16, n_latents=32, k=5)
+    assert cfg.toy_config(16) == superalign.ToyConfig(n_hidden=16)
+    with pytest.raises(ValueError, match="sae.k is set for each run from sae_ks"):
+        launch.apply_overrides(cfg, ["--config.sae.k=5"]).validate()

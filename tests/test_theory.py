@@ -1,42 +1,16 @@
-"""Paper section 3: the constructions, their closed forms, the measured scores, the recovery sweep,
-the experiment's guards and the notebook (which runs the experiment's tiny preset end to end)."""
-
-import json
-from pathlib import Path
+"""Paper section 3: the constructions, their closed forms, the measured scores, the recovery sweep
+and the experiment's guards (test_notebooks runs the notebook: the tiny preset end to end)."""
 
 import jax
 import jax.numpy as jnp
-import nbformat
 import numpy as np
 import pytest
 
 import superalign
-from experiments import _io
+from experiments import _io, launch
 from experiments import theory as experiment
 from experiments.configs import theory as configs
 from superalign import theory
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _notebook_job(factory):
-    tmp = factory.mktemp("theory_notebook")
-    out = tmp / "executed_theory.ipynb"
-    return (tmp, out), dict(notebook=ROOT / "notebooks" / "theory.ipynb", cwd=tmp, out=out)
-
-
-# The notebook runs in the background from the start of the session; its test runs last (see
-# conftest.py).
-BACKGROUND = {"theory_notebook": _notebook_job}
-
-
-@pytest.fixture
-def theory_notebook(background, tmp_path_factory):
-    """``(kernel working directory, executed notebook)`` of notebooks/theory.ipynb (nbclient)."""
-    (tmp, out), _ = background.completed(
-        __name__, "theory_notebook", _notebook_job, tmp_path_factory
-    )
-    return tmp, nbformat.read(out, as_version=4)
 
 
 def test_sparse_latents_are_k_sparse_whitened_and_nested():
@@ -185,48 +159,16 @@ def test_bad_input_is_refused():
 
 
 def test_experiment_guards_fail_before_any_work(tmp_path):
-    bad = _io.apply_overrides(configs.tiny(), ["--config.groups=(3,)", "--config.table_group=3"])
+    bad = launch.apply_overrides(configs.tiny(), ["--config.groups=(3,)", "--config.table_group=3"])
     with pytest.raises(ValueError, match="every group must divide n_features=16"):
         experiment.run(bad, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="table_level must be one of"):
-        experiment.validate(_io.apply_overrides(configs.tiny(), ["--config.table_level=3"]))
+        experiment.validate(launch.apply_overrides(configs.tiny(), ["--config.table_level=3"]))
     _io.write_json(tmp_path / "other" / "config.json", {"seed": 5})
     with pytest.raises(ValueError, match="another config"):
         experiment.run(configs.tiny(), tmp_path / "other")
     assert not (tmp_path / "other" / "results.json").exists()
-
-
-def test_notebook_runs_the_tiny_experiment(theory_notebook):
-    tmp_path, nb = theory_notebook
-    outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "Setting 4" in outputs and "permutation" in outputs
-    out = tmp_path / "runs" / "notebook_theory"
-    results = json.loads((out / "results.json").read_text())
-    cfg = configs.tiny()
-    assert results["config"]["n_features"] == cfg.n_features and "jax" in results["versions"]
-    for n, r in results["levels"].items():
-        for m in ("permutation", "soft", "semi"):
-            rec = r["measured"][m]
-            assert len(rec["folds"]) == cfg.n_folds
-            assert rec["mean"] == pytest.approx(np.mean(rec["folds"]))
-            assert rec["mean"] == pytest.approx(1 / np.sqrt(int(n)), abs=0.03)
-    for r in results["patterns"].values():
-        assert r["measured"]["permutation"]["mean"] == pytest.approx(
-            r["closed_form"]["permutation"], abs=0.03
-        )
-    sw = results["sweep"]
-    assert np.shape(sw["recovered_permutation"]) == (len(cfg.sweep_ks), len(cfg.sweep_units))
-    assert len(results["table"]) == 5
-    for stem in (
-        "theory1_sparsity_levels",
-        "theory2_sparsity_patterns",
-        "theory3_recovery",
-        "theory3_sweep_units",
-        "theory4_metrics_table",
-    ):
-        for ext in ("png", "pdf"):
-            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
 
 
 # --------------------------------------------------------------------------------------------

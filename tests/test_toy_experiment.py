@@ -10,39 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from experiment_checks import check_alignment, check_figures
 from test_regression import _sklearn_loop
 
 import superalign
-from experiments import _io, toy_models
+from experiments import _io, launch, toy_models
 from experiments.configs import toy_models as configs
 
-TINY = [
-    "--config.n_features=16",
-    "--config.sizes=(4,)",
-    "--config.batch_size=64",
-    "--config.sae_latents=16",
-    "--config.sae_k=3",
-    "--config.n_folds=3",
-    "--no-progress",
-]
+FIGURES = (
+    "figure2_superposition_softmatching",
+    "figure4_top_ridge",
+    "figure6_recovery",
+    "figure7_top_semimatching",
+)
+
+# F = 16, N = 4, batches of 64, SAEs of 16 latents with k = 3, 3 folds (the tiny preset).
+TINY = ["--config", "tiny", "--no-progress"]
 ROOT = Path(__file__).resolve().parents[1]
-# The command-line runs of one test session share a JAX compilation cache (only the subprocesses:
-# in-process tests that count compilations must see every one), so the repeated runs of the same
-# tiny config reuse the compiled programs of the first. Same programs, same numbers.
-_CACHE = {
-    "JAX_COMPILATION_CACHE_DIR": "",
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    _CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _env():
-    return {**os.environ, **_CACHE} if _CACHE["JAX_COMPILATION_CACHE_DIR"] else None
 
 
 def _run(out, *extra):
@@ -52,7 +36,6 @@ def _run(out, *extra):
         capture_output=True,
         text=True,
         check=True,
-        env=_env(),
     )
 
 
@@ -66,36 +49,20 @@ def _scores(results):
 
 
 def test_killed_run_resumes_to_identical_results(tmp_path):
-    steps = ["--config.n_steps=400", "--config.segment_steps=10"]
+    steps = ["--config.toy.n_steps=400", "--config.segment_steps=10"]
     whole = tmp_path / "whole"
     proc = _run(whole, *steps, "--save-activations")
     assert "soft_matching" in proc.stdout  # the summary table
     results = json.loads((whole / "results.json").read_text())
 
     # Layout and content of results.json.
-    assert results["config"]["sizes"] == [4] and results["config"]["n_steps"] == 400
+    assert results["config"]["sizes"] == [4] and results["config"]["toy"]["n_steps"] == 400
     assert "jax" in results["versions"]
     res = results["sizes"]["4"]
-    for metric, conds in (
-        ("soft_matching", toy_models.MATCHING),
-        ("semi_matching", toy_models.MATCHING),
-        ("ridge", toy_models.RIDGE),
-    ):
-        for cond in conds:
-            r = res[metric][cond]
-            assert len(r["folds"]) == 3
-            assert r["mean"] == pytest.approx(np.mean(r["folds"]))
-            assert r["sem"] == pytest.approx(np.std(r["folds"], ddof=1) / np.sqrt(3))
+    check_alignment(res, n_folds=3)
     assert len(res["arrangement_best_match"]) == 4
     assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == 16
-    for name in (
-        "figure2_superposition_softmatching",
-        "figure4_top_ridge",
-        "figure6_recovery",
-        "figure7_top_semimatching",
-    ):
-        for ext in ("png", "pdf"):
-            assert (whole / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    check_figures(whole / "figures", FIGURES)
 
     # The scores agree with the exact LP and a plain scikit-learn RidgeCV loop on the activations.
     acts = whole / "activations"
@@ -120,9 +87,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.toy_models", "--out", str(killed), *TINY, *steps]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
-    )
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sae_ckpt = killed / "checkpoints" / "sae_N4"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -151,19 +116,32 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = _io.apply_overrides(configs.get_config(), ["--config.sizes=(16,)", "--config.lr=1e-2"])
-    assert cfg.sizes == (16,) and cfg.lr == 0.01
+    overrides = ["--config.sizes=(16,)", "--config.toy.lr=1e-2", "--config.sae.k=5"]
+    cfg = launch.apply_overrides(configs.get_config(), overrides)
+    assert cfg.sizes == (16,) and cfg.toy.lr == 0.01 and cfg.sae.k == 5
+    assert cfg.toy_config(16).n_hidden == 16 and cfg.sae_config(16).n_inputs == 16
     with pytest.raises(ValueError, match="unknown config field"):
-        _io.apply_overrides(cfg, ["--config.nope=1"])
+        launch.apply_overrides(cfg, ["--config.nope=1"])
+    with pytest.raises(ValueError, match="unknown config field 'sae.nope'"):
+        launch.apply_overrides(cfg, ["--config.sae.nope=1"])
     with pytest.raises(ValueError, match="must be a int"):
-        _io.apply_overrides(cfg, ["--config.n_steps=abc"])
+        launch.apply_overrides(cfg, ["--config.toy.n_steps=abc"])
+    with pytest.raises(ValueError, match="unknown config 'nope'; --config must be one of"):
+        configs.get_config("nope")
 
 
 def test_bad_config_fails_before_any_work(tmp_path):
-    cfg = _io.apply_overrides(configs.get_config(), ["--config.sae_k=100"])
-    with pytest.raises(ValueError, match="k must be in 1..n_latents"):
-        toy_models.run(cfg, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match=r"--config.sae.k=100: k must be in 1..n_latents"):
+        launch.apply_overrides(configs.get_config(), ["--config.sae.k=100"])
+    for overrides, match in (
+        (["--config.sae.batch_size=64"], "sae.batch_size must equal toy.batch_size=1024"),
+        (["--config.toy.n_hidden=8"], "toy.n_hidden is set for each run from sizes"),
+        (["--config.sizes=()"], "sizes must be distinct"),
+    ):
+        cfg = launch.apply_overrides(configs.get_config(), overrides)
+        with pytest.raises(ValueError, match=match):
+            toy_models.run(cfg, tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()
 
 
 def test_streamed_recovery_equals_full_arrays():
@@ -171,7 +149,7 @@ def test_streamed_recovery_equals_full_arrays():
     z = (rng.random((3000, 6)) < 0.2) * rng.random((3000, 6))
     units = np.maximum(z @ rng.normal(size=(6, 4)) + 0.1 * rng.normal(size=(3000, 4)), 0)
     units[:, 3] = 0.0  # a dead unit correlates 0
-    moments = toy_models._RecoveryMoments()
+    moments = toy_models.RecoveryMoments()
     for lo in range(0, 3000, 700):
         moments.add(z[lo : lo + 700].astype(np.float32), units[lo : lo + 700].astype(np.float32))
     expected = superalign.feature_recovery(z, units)
@@ -183,39 +161,22 @@ def _check_quick_outputs(out: Path) -> None:
     cfg = configs.quick()
     results = json.loads((out / "results.json").read_text())
     assert results["config"] == json.loads((out / "config.json").read_text())
-    assert results["config"]["n_steps"] == cfg.n_steps
+    assert results["config"]["toy"]["n_steps"] == cfg.toy.n_steps
     assert {"python", "jax", "ott-jax", "numpy"} <= set(results["versions"])
-    for name in (
-        "figure2_superposition_softmatching",
-        "figure4_top_ridge",
-        "figure6_recovery",
-        "figure7_top_semimatching",
-    ):
-        for ext in ("png", "pdf"):
-            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    check_figures(out / "figures", FIGURES)
     acts = out / "activations"
-    n_rows = round(cfg.n_steps * (1 - cfg.train_fraction)) * cfg.batch_size
+    n_rows = round(cfg.toy.n_steps * (1 - cfg.toy.train_fraction)) * cfg.toy.batch_size
     assert sorted(results["sizes"]) == sorted(str(n) for n in cfg.sizes)
     for n in cfg.sizes:
         res = results["sizes"][str(n)]
         assert (out / "sizes" / f"N{n}.json").exists()
-        for metric, conds in (
-            ("soft_matching", toy_models.MATCHING),
-            ("semi_matching", toy_models.MATCHING),
-            ("ridge", toy_models.RIDGE),
-        ):
-            assert sorted(res[metric]) == sorted(conds)
-            for cond in conds:
-                r = res[metric][cond]
-                assert len(r["folds"]) == cfg.n_folds and np.isfinite(r["folds"]).all()
-                assert r["mean"] == pytest.approx(np.mean(r["folds"]))
-                assert r["sem"] == pytest.approx(np.std(r["folds"], ddof=1) / np.sqrt(cfg.n_folds))
+        check_alignment(res, cfg.n_folds)
         shared = res["shared_features"]  # indices of the features both models represent
-        assert 0 < len(shared) <= cfg.n_features and len(set(shared)) == len(shared)
+        assert 0 < len(shared) <= cfg.toy.n_features and len(set(shared)) == len(shared)
         assert len(res["arrangement_best_match"]) == n
-        assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == cfg.n_features
+        assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == cfg.toy.n_features
         pops = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
-        shapes = {"neurons": n, "sae": cfg.sae_latents, "randsae": cfg.sae_latents}
+        shapes = {"neurons": n, "sae": cfg.sae.n_latents, "randsae": cfg.sae.n_latents}
         for pop, width in shapes.items():
             for seed in (0,) if pop == "randsae" else cfg.seeds:
                 assert np.load(acts / f"N{n}_{pop}_seed{seed}.npy", mmap_mode="r").shape == (
@@ -248,9 +209,9 @@ def _check_quick_outputs(out: Path) -> None:
 
 
 def _quick_job(factory):
-    """``python -m experiments.toy_models --quick --save-activations`` into a fresh folder."""
+    """``python -m experiments.toy_models --config quick --save-activations`` into a new folder."""
     out = factory.mktemp("quick") / "quick"
-    args = [sys.executable, "-m", "experiments.toy_models", "--quick", "--out", str(out)]
+    args = [sys.executable, "-m", "experiments.toy_models", "--config", "quick", "--out", str(out)]
     return out, dict(args=[*args, "--no-progress", "--save-activations"], cwd=ROOT)
 
 
@@ -262,8 +223,7 @@ BACKGROUND = {"quick_run": _quick_job}
 @pytest.fixture
 def quick_run(background, tmp_path_factory):
     """``(out folder, stdout)`` of the quick preset's command-line run."""
-    out, proc = background.completed(__name__, "quick_run", _quick_job, tmp_path_factory)
-    return out, proc.stdout
+    return background.stdout(__name__, "quick_run", _quick_job, tmp_path_factory)
 
 
 def test_quick_preset_end_to_end(quick_run):

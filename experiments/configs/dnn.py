@@ -1,8 +1,14 @@
-"""Configs of the deep-network experiment (paper section 5; values from REFERENCE.md).
+"""Configs of the deep-network experiment (paper section 5; values from PROTOCOL.md).
 
-Select one with ``--config NAME``; override fields with ``--config.FIELD=VALUE``. Per-model
-fields are tuples aligned with ``models``; per-layer fields are tuples of tuples aligned with
-``layers``.
+Select one with ``--config NAME``; override fields with ``--config.FIELD=VALUE`` (nested:
+``--config.data.data_dir=/data/tfds``, ``--config.sae.n_epochs=100``). Per-model fields are
+tuples aligned with ``models``; per-layer fields are tuples of tuples aligned with ``layers``.
+The config holds the library's :class:`superalign.datasets.DataConfig` (``data``) and an
+:class:`superalign.SAEConfig` (``sae``) shared by every layer, whose ``n_inputs``, ``n_latents``
+and ``k`` are set per layer (the layer's width, ``sae_expansion``, ``sae_k``; placeholders 1).
+
+Presets: ``paper`` (the default) = ``imagenet_resnet50``; ``quick`` = ``digits_small``;
+``tiny``: one small ViT for an epoch of digits, one layer (tests, seconds); and
 
 - ``imagenet_resnet50``: two ResNet50 seeds on ImageNet, SAEs on ``layer2.3.bn2`` and
   ``layer4.2.bn2`` (accelerator).
@@ -16,17 +22,33 @@ from __future__ import annotations
 
 import dataclasses
 
+from experiments import launch
+from superalign import datasets, sae
+
+PER_MODEL = (
+    "models",
+    "vmap_seeds",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "warmup_epochs",
+    "label_smoothing",
+    "layers",
+    "sae_expansion",
+    "sae_k",
+)
+"""The fields with one entry per model."""
+
+
+def _sae() -> sae.SAEConfig:
+    """The paper's DNN SAE (Adam 4e-4, batch 64, 300 shuffled epochs, AuxK dead after 32 steps)."""
+    return sae.dnn_config(1, expansion=1, k=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class DNNExperimentConfig:
-    # Data (superalign.datasets.DataConfig).
-    dataset: str = "imagenet2012"
-    image_size: int = 224
-    resize_size: int = 256
-    data_dir: str | None = None  # tensorflow-datasets data_dir (None: ~/tensorflow_datasets)
-    manual_dir: str | None = None  # the two ILSVRC2012 archives (None: <data_dir>/downloads/manual)
-    val_fraction: float = 0.45  # digits only
-    split_seed: int = 0  # digits only
+    data: datasets.DataConfig = dataclasses.field(default_factory=datasets.DataConfig)
     data_seed: int = 0  # order and augmentation of training batches (shared by all seeds)
     # Models: presets of superalign.models, trained from every seed.
     models: tuple = ("resnet50",)
@@ -44,11 +66,7 @@ class DNNExperimentConfig:
     layers: tuple = (("layer2.3.bn2", "layer4.2.bn2"),)
     sae_expansion: tuple = ((4, 4),)
     sae_k: tuple = ((20, 82),)
-    sae_epochs: int = 300
-    sae_batch_size: int = 64
-    sae_lr: float = 4e-4
-    sae_aux_weight: float = 1e-4
-    sae_dead_steps: int = 32
+    sae: sae.SAEConfig = dataclasses.field(default_factory=_sae)  # per layer: width, k
     sae_chunk_rows: int = 65_536  # rows per jitted SAE chunk (shuffled within the chunk)
     sae_train_passes: int = 1  # passes over the train split when extracting SAE activations
     sae_train_augment: bool = False  # those passes use the training augmentation
@@ -60,21 +78,11 @@ class DNNExperimentConfig:
     fold_seed: int = 0
 
     def __post_init__(self):
+        launch.per_run("sae", self.sae, n_inputs="the layer", n_latents="sae_expansion", k="sae_k")
         n = len(self.models)
         if n == 0:
             raise ValueError("models must name at least one model")
-        for name in (
-            "vmap_seeds",
-            "optimizer",
-            "lr",
-            "weight_decay",
-            "epochs",
-            "warmup_epochs",
-            "label_smoothing",
-            "layers",
-            "sae_expansion",
-            "sae_k",
-        ):
+        for name in PER_MODEL[1:]:
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != n:
                 raise ValueError(
@@ -105,7 +113,7 @@ class DNNExperimentConfig:
 def imagenet_resnet50() -> DNNExperimentConfig:
     """Two ResNet50 seeds (90 epochs of SGD, batch 256, cosine), SAEs as in the paper.
 
-    layer4.2.bn2 (512 units): 4x, k = 82 (REFERENCE.md). layer2.3.bn2 (128 units): 4x with k = 20
+    layer4.2.bn2 (512 units): 4x, k = 82 (PROTOCOL.md). layer2.3.bn2 (128 units): 4x with k = 20
     (the same 4% density; the paper does not state this layer's k).
     """
     return DNNExperimentConfig()
@@ -117,7 +125,7 @@ def imagenet_vit_b16() -> DNNExperimentConfig:
     torchvision trains ViT-B/16 with batch 4096, lr 3e-3, weight decay 0.3, 300 epochs, 30
     warmup epochs, label smoothing 0.11 and heavy augmentation (mixup, cutmix, auto-augment);
     here batch 1024 with the lr scaled linearly (7.5e-4) and the standard crop-and-flip
-    augmentation only. Seed-to-seed SAEs: 2x, k = 153 (REFERENCE.md).
+    augmentation only. Seed-to-seed SAEs: 2x, k = 153 (PROTOCOL.md).
     """
     return DNNExperimentConfig(
         models=("vit_b16",),
@@ -145,8 +153,7 @@ def digits_small() -> DNNExperimentConfig:
     batches of 256 (3,072 rows; each pass drops a different 220 of the 988 images).
     """
     return DNNExperimentConfig(
-        dataset="digits",
-        image_size=16,
+        data=datasets.DataConfig(name="digits", image_size=16),
         models=("resnet_small", "vit_small"),
         vmap_seeds=(True, True),
         optimizer=("adamw", "adamw"),
@@ -160,7 +167,6 @@ def digits_small() -> DNNExperimentConfig:
         layers=(("layer2.0.bn2", "layer4.0.bn2"), ("encoder_layer_2.mlp", "encoder_layer_5.mlp")),
         sae_expansion=((4, 4), (2, 2)),
         sae_k=((8, 20), (13, 13)),
-        sae_epochs=300,
         sae_chunk_rows=4096,
         sae_train_passes=4,
         sae_train_augment=True,
@@ -170,14 +176,42 @@ def digits_small() -> DNNExperimentConfig:
     )
 
 
-CONFIGS = {
+def select_model(cfg: DNNExperimentConfig, m: int) -> DNNExperimentConfig:
+    """The config of model ``m`` alone (entry ``m`` of every per-model field)."""
+    return dataclasses.replace(cfg, **{name: (getattr(cfg, name)[m],) for name in PER_MODEL})
+
+
+def tiny() -> DNNExperimentConfig:
+    """Seconds: digits_small's ViT (seeds 0 and 1) for one epoch, one SAE on block 5 (2x, k = 6)."""
+    cfg = select_model(digits_small(), 1)
+    return dataclasses.replace(
+        cfg,
+        lr=(1e-3,),
+        weight_decay=(0.0,),
+        epochs=(1,),
+        warmup_epochs=(0,),
+        checkpoint_every=3,
+        layers=(("encoder_layer_5.mlp",),),
+        sae_expansion=((2,),),
+        sae_k=((6,),),
+        sae=dataclasses.replace(cfg.sae, n_epochs=3),
+        sae_chunk_rows=512,
+        sae_train_passes=1,
+        extract_batch_size=128,
+        shard_rows=256,
+        n_folds=3,
+    )
+
+
+PRESETS = {
+    "paper": imagenet_resnet50,
+    "quick": digits_small,
+    "tiny": tiny,
     "imagenet_resnet50": imagenet_resnet50,
     "imagenet_vit_b16": imagenet_vit_b16,
     "digits_small": digits_small,
 }
 
 
-def get_config(name: str = "digits_small") -> DNNExperimentConfig:
-    if name not in CONFIGS:
-        raise ValueError(f"--config must be one of {sorted(CONFIGS)}, got {name!r}")
-    return CONFIGS[name]()
+def get_config(name: str = "paper") -> DNNExperimentConfig:
+    return launch.preset(PRESETS, name)

@@ -1,64 +1,101 @@
-"""Configs of the seed sweep: the toy experiment over many seed pairs, sizes and SAE k."""
+"""Configs of the seed sweep: the toy experiment over many seed pairs, sizes and SAE k.
+
+Holds the toy experiment's settings (:class:`experiments.configs.toy_models.ToySetup`: ``toy``,
+``sae``, ``sizes``, folds) plus the sweep's axes. ``sae.k`` is set from ``sae_ks`` (the SAEs of
+a size are compiled once, at the largest k) and holds the placeholder 1.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from experiments.configs import toy_models
+from experiments import launch
+from experiments.configs.toy_models import ToySetup
+from superalign import sae
+
+
+def _sae() -> sae.SAEConfig:
+    return sae.toy_config(1, k=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class SeedSweepConfig:
-    # Data: M = n_steps x batch_size rows of n_features sparse features (REFERENCE.md).
-    n_features: int = 64
-    feature_prob: float = 0.1
-    batch_size: int = 1024
-    n_steps: int = 10_000
-    train_fraction: float = 0.8
-    data_seed: int = 0
-    # Toy models: seed pairs (2p, 2p + 1) for p < n_pairs, every size trained in one call.
+class SeedSweepConfig(ToySetup):
+    sae: sae.SAEConfig = dataclasses.field(default_factory=_sae)  # n_inputs: sizes; k: sae_ks
     sizes: tuple = (8, 12, 16, 24, 32, 48)
+    # Toy models: seed pairs (2p, 2p + 1) for p < n_pairs, every size trained in one call.
     n_pairs: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    output_relu: bool = True
     # SAEs: every (seed, k) of a size trained in one call (k is a vmap axis, compiled at max k).
-    sae_latents: int = 64
     sae_ks: tuple = (3, 5, 7, 9, 12)
-    sae_aux_weight: float = 0.1
-    sae_dead_steps: int = 1
-    sae_lr: float = 1e-3
-    random_sae_seed: int = 1_000  # the untrained control SAE of each pair's source seed
     # Alignment: the first heldout_steps batches of the held-out 20% (0: all of them). The
     # default, 200 batches (204,800 rows), keeps 32 seeds' latents in memory (32 x 204,800 x 64
     # floats = 1.7 GB per k); the paper's 2,048,000 rows need 17 GB per k. The fold-to-fold error
     # (about 3e-4) stays far below the seed-to-seed spread this sweep measures.
     heldout_steps: int = 200
-    n_folds: int = 5
-    fold_seed: int = 0
-    # Execution.
-    segment_steps: int = 500  # SAE batches per jitted segment (checkpoint interval)
     group_size: int = 8  # toy seeds per vmapped group on a device (toy.make_train_seeds)
 
-    def base(self) -> toy_models.ToyExperimentConfig:
-        """The single-pair experiment's config with this sweep's seeds and largest k."""
-        shared = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(toy_models.ToyExperimentConfig)
-            if hasattr(self, f.name)
-        }
-        return toy_models.ToyExperimentConfig(
-            **shared, seeds=tuple(range(2 * self.n_pairs)), sae_k=max(self.sae_ks)
-        )
+    @property
+    def seeds(self) -> tuple:
+        """Seeds 0 .. 2 n_pairs - 1; pair p is seed 2p -> seed 2p + 1."""
+        return tuple(range(2 * self.n_pairs))
+
+    def sae_config(self, n_hidden: int) -> sae.SAEConfig:
+        """The SAE of one size at the largest k (each k of ``sae_ks`` is a vmap axis)."""
+        return dataclasses.replace(self.sae, n_inputs=n_hidden, k=max(self.sae_ks))
+
+    def validate(self) -> None:
+        """Every setting checked before any work (``ValueError`` naming the field)."""
+        if isinstance(self.n_pairs, bool) or not isinstance(self.n_pairs, int) or self.n_pairs < 2:
+            raise ValueError(
+                f"n_pairs must be an integer >= 2 (a spread needs two), got {self.n_pairs!r}"
+            )
+        if not self.sae_ks or len(set(self.sae_ks)) != len(self.sae_ks):
+            raise ValueError(f"sae_ks must be distinct values, got {self.sae_ks!r}")
+        for k in self.sae_ks:
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.sae.n_latents:
+                raise ValueError(
+                    f"sae_ks must be in 1..sae.n_latents={self.sae.n_latents}, got {k!r}"
+                )
+        launch.per_run("sae", self.sae, k="sae_ks")
+        launch.positive_int("group_size", self.group_size)
+        super().validate()
 
 
-def get_config() -> SeedSweepConfig:
+def paper() -> SeedSweepConfig:
     """16 pairs per size, N in {8, 12, 16, 24, 32, 48}, k in {3, 5, 7, 9, 12}, the paper's data."""
     return SeedSweepConfig()
 
 
 def quick() -> SeedSweepConfig:
     """A few minutes on a 2-core CPU: 1,000 batches, 4 pairs, three sizes, two k."""
+    cfg = paper()
     return dataclasses.replace(
-        get_config(), n_steps=1_000, sizes=(8, 16, 32), n_pairs=4, sae_ks=(5, 7), segment_steps=250
+        cfg,
+        toy=dataclasses.replace(cfg.toy, n_steps=1_000),
+        sizes=(8, 16, 32),
+        n_pairs=4,
+        sae_ks=(5, 7),
+        segment_steps=250,
     )
+
+
+def tiny() -> SeedSweepConfig:
+    """Seconds: two pairs at N = 4 (F = 16), 200 batches of 64 rows, k in {2, 3}."""
+    cfg = paper()
+    return dataclasses.replace(
+        cfg,
+        toy=dataclasses.replace(cfg.toy, n_features=16, batch_size=64, n_steps=200),
+        sae=dataclasses.replace(cfg.sae, n_latents=16, batch_size=64),
+        sizes=(4,),
+        n_pairs=2,
+        sae_ks=(2, 3),
+        heldout_steps=0,
+        n_folds=3,
+        segment_steps=200,
+    )
+
+
+PRESETS = {"paper": paper, "quick": quick, "tiny": tiny}
+
+
+def get_config(name: str = "paper") -> SeedSweepConfig:
+    return launch.preset(PRESETS, name)

@@ -1,31 +1,36 @@
-"""Configs of the toy-model experiment (paper section 4; values from REFERENCE.md)."""
+"""Configs of the toy-model experiment (paper section 4; values from PROTOCOL.md).
+
+The experiment config holds the library's configs: ``toy`` (:class:`superalign.ToyConfig`: the
+data and the toy models) and ``sae`` (:class:`superalign.SAEConfig`). Their widths are set for
+each size in ``sizes`` (``toy.n_hidden`` and ``sae.n_inputs`` hold the placeholder 1).
+Override nested fields as ``--config.toy.n_steps=1000`` or ``--config.sae.k=5``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+from experiments import launch
+from superalign import sae, toy
+
+
+def _toy() -> toy.ToyConfig:
+    """The paper's data and toy models: F = 64, 10,000 batches of 1024 rows, AdamW."""
+    return toy.ToyConfig(n_hidden=1)
+
+
+def _sae() -> sae.SAEConfig:
+    """The paper's toy SAE: 64 latents, k = 7, one in-order pass over the SAE rows."""
+    return sae.toy_config(1)
+
 
 @dataclasses.dataclass(frozen=True)
-class ToyExperimentConfig:
-    # Data: M = n_steps x batch_size rows of n_features sparse features.
-    n_features: int = 64
-    feature_prob: float = 0.1
-    batch_size: int = 1024
-    n_steps: int = 10_000
-    train_fraction: float = 0.8
-    data_seed: int = 0
-    # Toy models: one per (size, seed), AdamW.
+class ToySetup:
+    """What the toy experiment and the seed sweep share: data, models, SAEs, folds, segments."""
+
+    toy: toy.ToyConfig = dataclasses.field(default_factory=_toy)  # n_hidden: each of sizes
+    sae: sae.SAEConfig = dataclasses.field(default_factory=_sae)  # n_inputs: each of sizes
     sizes: tuple = (8, 16, 32)
-    seeds: tuple = (0, 1)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    output_relu: bool = True
-    # SAEs: one pass over the first train_fraction of the rows, in order.
-    sae_latents: int = 64
-    sae_k: int = 7
-    sae_aux_weight: float = 0.1
-    sae_dead_steps: int = 1
-    sae_lr: float = 1e-3
     random_sae_seed: int = 1_000  # the untrained control SAEs
     # Alignment on the held-out rows.
     n_folds: int = 5
@@ -33,12 +38,66 @@ class ToyExperimentConfig:
     # Execution: batches per jitted segment (checkpoint interval and activation chunk).
     segment_steps: int = 500
 
+    def toy_config(self, n_hidden: int) -> toy.ToyConfig:
+        return dataclasses.replace(self.toy, n_hidden=n_hidden)
 
-def get_config() -> ToyExperimentConfig:
+    def sae_config(self, n_hidden: int) -> sae.SAEConfig:
+        return dataclasses.replace(self.sae, n_inputs=n_hidden)
+
+    def validate(self) -> None:
+        """Every setting checked before any work (``ValueError`` naming the field)."""
+        if not self.sizes or len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must be distinct hidden widths, got {self.sizes!r}")
+        for n in self.sizes:
+            launch.positive_int("sizes", n)
+        launch.per_run("toy", self.toy, n_hidden="sizes")
+        launch.per_run("sae", self.sae, n_inputs="sizes")
+        if self.sae.batch_size != self.toy.batch_size:
+            raise ValueError(
+                f"sae.batch_size must equal toy.batch_size={self.toy.batch_size} (the SAEs train "
+                f"on the toy models' batches), got {self.sae.batch_size}"
+            )
+        launch.positive_int("segment_steps", self.segment_steps)
+        for n in self.sizes:
+            self.toy_config(n), self.sae_config(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyExperimentConfig(ToySetup):
+    seeds: tuple = (0, 1)  # the pair: seed 0 -> seed 1
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.seeds) != 2 or len(set(self.seeds)) != 2:
+            raise ValueError(f"seeds must be two distinct seeds, got {self.seeds!r}")
+
+
+def paper() -> ToyExperimentConfig:
     """The paper's setting: F = 64, N in {8, 16, 32}, seeds 0 and 1, 10,240,000 rows."""
     return ToyExperimentConfig()
 
 
 def quick() -> ToyExperimentConfig:
     """About a minute on a 2-core CPU: 1,000 batches (800 for the SAEs, 200 held out)."""
-    return dataclasses.replace(get_config(), n_steps=1_000, segment_steps=250)
+    cfg = paper()
+    return dataclasses.replace(
+        cfg, toy=dataclasses.replace(cfg.toy, n_steps=1_000), segment_steps=250
+    )
+
+
+def tiny() -> ToyExperimentConfig:
+    """Seconds: F = 16, N = 4, 60 batches of 64 rows, SAEs of 16 latents (tests, notebooks)."""
+    return ToyExperimentConfig(
+        toy=toy.ToyConfig(n_hidden=1, n_features=16, batch_size=64, n_steps=60),
+        sae=sae.toy_config(1, n_latents=16, k=3, batch_size=64),
+        sizes=(4,),
+        n_folds=3,
+        segment_steps=20,
+    )
+
+
+PRESETS = {"paper": paper, "quick": quick, "tiny": tiny}
+
+
+def get_config(name: str = "paper") -> ToyExperimentConfig:
+    return launch.preset(PRESETS, name)

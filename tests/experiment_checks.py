@@ -1,0 +1,35 @@
+"""Checks the experiment tests share: figure files and score records."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def check_figures(folder: Path, stems) -> None:
+    """Every figure was written as a PNG and a PDF of some substance."""
+    for stem in stems:
+        for ext in ("png", "pdf"):
+            assert (Path(folder) / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
+
+
+def check_record(record: dict, n_folds: int) -> None:
+    """A score record holds every fold and their mean and standard error."""
+    folds = record["folds"]
+    assert len(folds) == n_folds and np.isfinite(folds).all()
+    assert record["mean"] == pytest.approx(np.mean(folds))
+    assert record["sem"] == pytest.approx(np.std(folds, ddof=1) / np.sqrt(n_folds))
+
+
+def check_alignment(scores: dict, n_folds: int) -> None:
+    """Every metric and condition of ``experiments.toy_models.alignment`` (toy and DNN runs)."""
+    from experiments.toy_models import MATCHING, RIDGE
+
+    for metric, conds in (
+        ("soft_matching", MATCHING),
+        ("semi_matching", MATCHING),
+        ("ridge", RIDGE),
+    ):
+        assert sorted(scores[metric]) == sorted(conds)
+        for cond in conds:
+            check_record(scores[metric][cond], n_folds)
