@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make reproduce` needs only the core and the exact solver; `make test` adds the test extra
+# (torch, torchvision, tensorflow and the reference libraries, several GB).
+CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 
 .PHONY: test reproduce reproduce-dnn theory sweep lint format bench clean
@@ -10,24 +13,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+$(CORE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[exact]'
+	touch $(CORE)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(CORE)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-reproduce: $(STAMP)
+reproduce: $(CORE)
 	$(BIN)/python -m experiments.toy_models
 
 reproduce-dnn: $(STAMP)
 	$(BIN)/python -m experiments.dnn_alignment --config digits_small
 
-sweep: $(STAMP)
+sweep: $(CORE)
 	$(BIN)/python -m experiments.seed_sweep
 
-theory: $(STAMP)
+theory: $(CORE)
 	$(BIN)/python -m experiments.theory
 
 lint: $(STAMP)
