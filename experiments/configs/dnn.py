@@ -16,6 +16,11 @@ Presets: ``paper`` (the default) = ``imagenet_resnet50``; ``quick`` = ``digits_s
   (accelerator).
 - ``digits_small``: two seeds each of a small ResNet and a small ViT on scikit-learn's 8x8
   digits upscaled to 16x16, the analogous intermediate and last layers (CPU, minutes).
+- ``checkpoints``: no training; trained torchvision checkpoints of one architecture (``arch``,
+  one file per seed in ``checkpoints``) scored on a folder of images (``images``). ``layers``,
+  ``sae_expansion`` and ``sae_k`` are then flat tuples (one entry per layer), and ``()`` means the
+  architecture's defaults (:func:`default_layers`, :func:`default_sae`). The per-model training
+  fields (``models``, ``optimizer``, ...) and ``data`` are not used and stay empty.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import launch
-from superalign import datasets, sae
+from superalign import datasets, models, sae
 
 PER_MODEL = (
     "models",
@@ -39,6 +44,23 @@ PER_MODEL = (
     "sae_k",
 )
 """The fields with one entry per model."""
+
+CHECKPOINT_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vit_b16",
+    "vit_b32",
+    "vit_l16",
+)
+"""The ``superalign.models`` presets that ``models.from_torchvision`` reads checkpoints of."""
+
+RESNET_DENSITY = 82 / 2048
+"""Active latents per latent of ResNet SAEs: ResNet50 ``layer4.2.bn2``, 4x, k = 82 (PROTOCOL.md)."""
+VIT_DENSITY = 153 / 1536
+"""Active latents per latent of ViT SAEs: ViT-B/16 seed-to-seed, 2x, k = 153 (PROTOCOL.md)."""
 
 
 def _sae() -> sae.SAEConfig:
@@ -76,9 +98,22 @@ class DNNExperimentConfig:
     shard_rows: int = 16_000  # a multiple of extract_batch_size
     n_folds: int = 5
     fold_seed: int = 0
+    # Trained checkpoints instead of training (the ``checkpoints`` preset; "" / () otherwise).
+    arch: str = ""  # a superalign.models preset of CHECKPOINT_ARCHS
+    checkpoints: tuple = ()  # torchvision files (.pth, .pt, .safetensors), one per seed
+    images: str = ""  # folder of images the alignment is scored on (datasets "folder")
+    train_images: str = ""  # folder the SAEs train on; "": a seeded half of ``images``
+    split_seed: int = 0  # that half (superalign.compare.split_rows)
+    num_classes: int = 1000  # the checkpoints' classifier size
+    image_size: int = 224  # evaluation transform: centre crop
+    resize_size: int = 256  # evaluation transform: shorter side before the crop
 
     def __post_init__(self):
         launch.per_run("sae", self.sae, n_inputs="the layer", n_latents="sae_expansion", k="sae_k")
+        if self.arch or self.checkpoints or self.images or self.train_images:
+            self._check_checkpoint_fields()
+            if not self.models:  # the checkpoints preset as given: per-model fields derived
+                return
         n = len(self.models)
         if n == 0:
             raise ValueError("models must name at least one model")
@@ -108,6 +143,55 @@ class DNNExperimentConfig:
                 f"shard_rows={self.shard_rows} must be a multiple of "
                 f"extract_batch_size={self.extract_batch_size}"
             )
+
+    def _check_checkpoint_fields(self):
+        """The checkpoint fields as given, or as :func:`resolve_checkpoints` fills them in."""
+        if self.arch not in CHECKPOINT_ARCHS:
+            raise ValueError(
+                f"arch must be one of {CHECKPOINT_ARCHS} when checkpoints, images or "
+                f"train_images are set (--config checkpoints --config.arch=resnet50), got "
+                f"{self.arch!r}"
+            )
+        if self.models not in ((), (self.arch,)):
+            raise ValueError(
+                f"models trains networks from seeds; with arch={self.arch!r} (scoring checkpoints) "
+                f"leave it empty, got {self.models!r}"
+            )
+        if not all(isinstance(c, str) and c for c in self.checkpoints):
+            raise ValueError(
+                f"checkpoints must be a tuple of file paths, one per seed, got {self.checkpoints!r}"
+            )
+        if self.checkpoints and len(self.checkpoints) != len(self.seeds):
+            raise ValueError(
+                f"checkpoints must hold one file per seed (seeds {self.seeds}: "
+                f"{len(self.seeds)} files), got {len(self.checkpoints)}: {self.checkpoints!r}"
+            )
+        for name in ("images", "train_images"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a folder path, got {getattr(self, name)!r}")
+        datasets.DataConfig(
+            name="folder", path=".", image_size=self.image_size, resize_size=self.resize_size
+        )  # image_size and resize_size checked where the data set checks them
+        launch.positive_int("num_classes", self.num_classes)
+        if self.models:
+            return  # resolved: the per-model checks follow
+        if not all(isinstance(x, str) for x in self.layers):
+            raise ValueError(
+                "layers must be a tuple of layer names with arch set (one model; () for the "
+                f"architecture's defaults), got {self.layers!r}"
+            )
+        for name in ("sae_expansion", "sae_k"):
+            value = getattr(self, name)
+            if value == ():
+                continue
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+                raise ValueError(f"{name} must be a tuple of positive integers, got {value!r}")
+            n_layers = len(self.layers) if self.layers else 2
+            if len(value) != n_layers:
+                raise ValueError(
+                    f"{name} must have one entry per layer ({n_layers}: "
+                    f"{self.layers or 'the defaults'}) or be () for the defaults, got {value!r}"
+                )
 
 
 def imagenet_resnet50() -> DNNExperimentConfig:
@@ -181,6 +265,81 @@ def select_model(cfg: DNNExperimentConfig, m: int) -> DNNExperimentConfig:
     return dataclasses.replace(cfg, **{name: (getattr(cfg, name)[m],) for name in PER_MODEL})
 
 
+def default_layers(arch: str) -> tuple[str, ...]:
+    """The paper's intermediate and deep layer of an architecture (section 5), or the analogues.
+
+    ResNet: the ``bn2`` of the last block of stage 2 and of stage 4 (ResNet50: ``layer2.3.bn2``,
+    ``layer4.2.bn2``; ResNet18: ``layer2.1.bn2``, ``layer4.1.bn2``). ViT: the MLP-block outputs
+    of the middle and the last block (ViT-B/16: ``encoder_layer_5.mlp``,
+    ``encoder_layer_11.mlp``; ViT-L/16: 11 and 23).
+    """
+    mc = models.preset(arch, num_classes=1000, image_size=224)
+    if mc.family == "resnet":
+        return (f"layer2.{mc.stage_sizes[1] - 1}.bn2", f"layer4.{mc.stage_sizes[3] - 1}.bn2")
+    return (f"encoder_layer_{mc.depth // 2 - 1}.mlp", f"encoder_layer_{mc.depth - 1}.mlp")
+
+
+def default_sae(arch: str, width: int) -> tuple[int, int]:
+    """``(expansion, k)`` of a layer of ``width`` units: ResNet 4x and ViT 2x, k at the paper's
+    density (:data:`RESNET_DENSITY`, :data:`VIT_DENSITY`; ResNet50 ``layer2.3.bn2``: k = 20)."""
+    family = models.preset(arch, num_classes=1000, image_size=224).family
+    expansion, density = (4, RESNET_DENSITY) if family == "resnet" else (2, VIT_DENSITY)
+    return expansion, max(1, round(density * expansion * width))
+
+
+def resolve_checkpoints(cfg: DNNExperimentConfig) -> DNNExperimentConfig:
+    """A ``checkpoints`` config in the per-model layout the experiment runs on.
+
+    One model (``arch``); ``layers``, ``sae_expansion`` and ``sae_k`` filled in with the
+    architecture's defaults where empty; ``data`` the folder ``images`` read with the
+    evaluation transform. Layer names are checked here (``ValueError`` listing the valid ones).
+    """
+    if not cfg.arch:
+        raise ValueError("resolve_checkpoints needs a config with arch set")
+    if cfg.models:
+        return cfg
+    mc = models.preset(cfg.arch, num_classes=cfg.num_classes, image_size=cfg.image_size)
+    layers = models.check_layers(mc, cfg.layers or default_layers(cfg.arch))
+    defaults = [default_sae(cfg.arch, models.layer_width(mc, layer)) for layer in layers]
+    expansion = cfg.sae_expansion or tuple(e for e, _ in defaults)
+    k = cfg.sae_k or tuple(k for _, k in defaults)
+    for name, value in (("sae_expansion", expansion), ("sae_k", k)):
+        if len(value) != len(layers):
+            raise ValueError(
+                f"{name} must have one entry per layer ({len(layers)}: {layers}), got {value!r}"
+            )
+    template = DNNExperimentConfig()  # one entry per model: unused training settings
+    training = [n for n in PER_MODEL if n not in ("models", "layers", "sae_expansion", "sae_k")]
+    return dataclasses.replace(
+        cfg,
+        data=datasets.DataConfig(
+            name="folder",
+            path=cfg.images or ".",
+            image_size=cfg.image_size,
+            resize_size=cfg.resize_size,
+        ),
+        **{name: getattr(template, name) for name in training},
+        models=(cfg.arch,),
+        layers=(layers,),
+        sae_expansion=(expansion,),
+        sae_k=(k,),
+    )
+
+
+def checkpoints() -> DNNExperimentConfig:
+    """Trained torchvision checkpoints (ResNet50 by default) scored on a folder of images.
+
+    Give ``checkpoints`` (one file per seed) and ``images``; optionally ``train_images``. The
+    paper's layers and SAE sizes for ResNet50 and ViT-B/16 (:func:`default_layers`,
+    :func:`default_sae`), 300 SAE epochs, 5 folds. Extraction batches of 250, shards of 16,000
+    rows, as ``imagenet_resnet50``.
+    """
+    return DNNExperimentConfig(
+        **{name: () for name in PER_MODEL},
+        arch="resnet50",
+    )
+
+
 def tiny() -> DNNExperimentConfig:
     """Seconds: digits_small's ViT (seeds 0 and 1) for one epoch, one SAE on block 5 (2x, k = 6)."""
     cfg = select_model(digits_small(), 1)
@@ -210,6 +369,7 @@ PRESETS = {
     "imagenet_resnet50": imagenet_resnet50,
     "imagenet_vit_b16": imagenet_vit_b16,
     "digits_small": digits_small,
+    "checkpoints": checkpoints,
 }
 
 
