@@ -18,6 +18,12 @@ and ends with ``if __name__ == "__main__": launch.cli(__name__)``. Then::
     python -m experiments.toy_models --config.sizes="(16,)" --config.sae.k=5
     python -m experiments.launch toy_models --config tiny          # the same, by name
 
+Several processes (hosts): ``--coordinator HOST:PORT --num-processes P --process-id I`` (or the
+environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``),
+or ``--distributed`` for JAX's own cluster detection (SLURM, Open MPI, Cloud TPU), join the run
+through :func:`superalign.sharding.initialize` before any other JAX call; only process 0 prints
+the summary. Without them nothing changes.
+
 Override values are Python literals (``32``, ``1e-3``, ``(8, 16)``, ``True``, ``None``); anything
 else is a string. A dotted name reaches into a nested config (``--config.toy.n_steps=1000``).
 """
@@ -221,7 +227,28 @@ def parser(module) -> argparse.ArgumentParser:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, text in getattr(module, "FLAGS", {}).items():
         ap.add_argument("--" + flag.replace("_", "-"), action="store_true", help=text)
+    env = os.environ.get
+    multi = ap.add_argument_group("several processes (superalign.sharding.initialize)")
+    multi.add_argument("--coordinator", default=env("JAX_COORDINATOR_ADDRESS"), help="HOST:PORT")
+    multi.add_argument("--num-processes", type=int, default=env("JAX_NUM_PROCESSES"))
+    multi.add_argument("--process-id", type=int, default=env("JAX_PROCESS_ID"))
+    multi.add_argument(
+        "--distributed", action="store_true", help="JAX's cluster detection (SLURM, MPI, TPU)"
+    )
     return ap
+
+
+def join_processes(args) -> bool:
+    """``sharding.initialize`` when the flags ask for several processes; is this process 0?"""
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in given):
+        from superalign import sharding
+
+        sharding.initialize(*given)
+        import jax
+
+        return jax.process_index() == 0
+    return True
 
 
 def main(module, argv: list[str] | None = None) -> int:
@@ -229,6 +256,10 @@ def main(module, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = parser(module)
     args, overrides = ap.parse_known_args(argv)
+    try:
+        main_process = join_processes(args)  # before any other JAX call
+    except ValueError as err:
+        ap.error(str(err))
     try:
         config = apply_overrides(preset(module.PRESETS, args.config), overrides)
     except ValueError as err:
@@ -238,8 +269,9 @@ def main(module, argv: list[str] | None = None) -> int:
     flags = {flag: getattr(args, flag) for flag in getattr(module, "FLAGS", {})}
     t0 = time.perf_counter()
     results = module.run(config, out, progress=not args.no_progress, **flags)
-    print(module.summary(results))
-    print(f"\nresults: {out}; wall time {time.perf_counter() - t0:.0f} s", flush=True)
+    if main_process:
+        print(module.summary(results))
+        print(f"\nresults: {out}; wall time {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 

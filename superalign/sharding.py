@@ -17,8 +17,10 @@ process_id=i``). ``jax.devices()`` then lists
 the devices of all processes, ``default_mesh()`` spans them all, and every process runs the same
 program. Inputs of a multi-process call must be global arrays: :func:`put` (and :func:`put_leading`)
 build them from a value that every process holds (keys derived from the same seeds on every
-process); outputs are global arrays whose ``addressable_shards`` hold each process's seeds, and
-:func:`gather` collects them once.
+process); outputs are global arrays whose ``addressable_shards`` hold each process's seeds
+(:func:`addressable_rows` reads them as numpy), and :func:`gather` collects values once, whole.
+:func:`broadcast` (process 0's value everywhere) and :func:`barrier` keep the processes' decisions
+and file accesses in step.
 """
 
 from __future__ import annotations
@@ -168,19 +170,105 @@ def put(tree, target: NamedSharding):
     return jax.tree.map(lambda x: _put_leaf(x, target), tree)
 
 
+def _host_gather(x) -> np.ndarray:
+    """Concatenate every process's ``x`` along axis 0, bitwise (any dtype, 64-bit included)."""
+    from jax.experimental import multihost_utils
+
+    x = np.ascontiguousarray(x)
+    if x.ndim == 0:
+        x = x[None]
+    # As raw bytes: with 64-bit types off, JAX would carry float64 through float32.
+    raw = x.view(np.uint8).reshape(*x.shape, x.dtype.itemsize)
+    out = np.asarray(multihost_utils.process_allgather(raw, tiled=True))
+    return out.reshape(-1).view(x.dtype).reshape(-1, *x.shape[1:])
+
+
 def gather(tree):
     """The full value of every leaf as numpy arrays, on every process.
 
-    With one process this is ``np.asarray``; under ``jax.distributed`` the shards of all processes
-    are gathered once (``multihost_utils.process_allgather``), so each process sees every seed.
+    With one process this is ``np.asarray``. Under ``jax.distributed`` it is one collective per
+    leaf (``multihost_utils.process_allgather``): a global array (a mesh over several processes)
+    comes back whole; a process-local value (numpy, or an array of this process's devices) is
+    concatenated along its leading axis in process order (a scalar counts as ``[1]``), exactly,
+    whatever its dtype. Process-local leaves must have the same shape on every process.
     """
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
     from jax.experimental import multihost_utils
 
-    return jax.tree.map(
-        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
-    )
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return _host_gather(x)
+
+    return jax.tree.map(leaf, tree)
+
+
+def addressable_rows(tree) -> tuple[np.ndarray, object]:
+    """The rows of the leading axis that this process holds, as numpy arrays.
+
+    For outputs of a computation whose leading axis (seeds) is split over a mesh: with one
+    process every row; under ``jax.distributed`` the rows in this process's
+    ``addressable_shards``. Every leaf must be split the same way (the same rows per process).
+
+    Args:
+      tree: a pytree of arrays ``[S, ...]`` (``jax.Array`` split along ``S``, or numpy).
+
+    Returns:
+      ``(rows, local)``: ``rows`` the sorted indices into ``S`` held here, ``local`` the tree
+      with every leaf ``[len(rows), ...]`` (numpy) in that order.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if not leaves:
+        raise ValueError("tree: the tree has no arrays")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"tree: every array needs the same leading axis, got sizes {sizes}")
+    n = sizes.pop()
+
+    def blocks(x) -> dict[int, np.ndarray]:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return {0: np.asarray(x)}
+        out = {}
+        for shard in x.addressable_shards:
+            start = (shard.index[0].start or 0) if shard.index else 0
+            if start not in out:  # replicas of one block hold the same values
+                out[start] = np.asarray(shard.data)
+        return out
+
+    per_leaf = [blocks(x) for x in leaves]
+    starts = sorted(per_leaf[0])
+    rows = np.concatenate([np.arange(s, s + len(per_leaf[0][s])) for s in starts])
+    local = []
+    for b in per_leaf:
+        if sorted(b) != starts or any(len(b[s]) != len(per_leaf[0][s]) for s in starts):
+            raise ValueError(
+                f"tree: every array must split its leading axis ({n}) the same way over the "
+                f"processes; got blocks at {sorted(b)} and {starts}"
+            )
+        local.append(np.concatenate([b[s] for s in starts]) if len(starts) > 1 else b[starts[0]])
+    return rows, jax.tree.unflatten(treedef, local)
+
+
+def broadcast(tree):
+    """Process 0's value of every leaf, on every process (identity with one process).
+
+    For decisions all processes must share (is a result cached, did a check pass) so that they
+    keep running the same program.
+    """
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.broadcast_one_to_all(tree)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def n_devices_used(x: jax.Array) -> int:

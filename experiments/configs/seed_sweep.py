@@ -1,8 +1,12 @@
 """Configs of the seed sweep: the toy experiment over many seed pairs, sizes and SAE k.
 
 Holds the toy experiment's settings (:class:`experiments.configs.toy_models.ToySetup`: ``toy``,
-``sae``, ``sizes``, folds) plus the sweep's axes. ``sae.k`` is set from ``sae_ks`` (the SAEs of
-a size are compiled once, at the largest k) and holds the placeholder 1.
+``sae``, ``sizes``, folds) plus the sweep's axes and its metrics. ``sae.k`` is set from
+``sae_ks`` (the SAEs of a size are compiled once, at the largest k) and holds the placeholder 1.
+
+Presets: ``paper`` (16 pairs, six sizes, five k), ``findings`` (the paper's setting over 8 seed
+pairs with every metric: how often each of the paper's six toy findings holds), ``quick`` and
+``tiny``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 from experiments import launch
 from experiments.configs.toy_models import ToySetup
 from superalign import sae
+from superalign.compare import check_metrics
 
 
 def _sae() -> sae.SAEConfig:
@@ -32,6 +37,11 @@ class SeedSweepConfig(ToySetup):
     # (about 3e-4) stays far below the seed-to-seed spread this sweep measures.
     heldout_steps: int = 200
     group_size: int = 8  # toy seeds per vmapped group on a device (toy.make_train_seeds)
+    # Metrics scored for every condition (superalign.compare.available_metrics names).
+    metrics: tuple = ("soft_matching", "semi_matching", "ridge")
+    # Most stimuli per fold RDM of superalign.rsa (larger folds are subsampled; an RDM of S
+    # stimuli sorts S (S - 1) / 2 distances per fold and condition).
+    rsa_max_stimuli: int = 1_000
 
     @property
     def seeds(self) -> tuple:
@@ -57,12 +67,30 @@ class SeedSweepConfig(ToySetup):
                 )
         launch.per_run("sae", self.sae, k="sae_ks")
         launch.positive_int("group_size", self.group_size)
+        if not isinstance(self.metrics, tuple) or not self.metrics:
+            raise ValueError(f"metrics must be a non-empty tuple of names, got {self.metrics!r}")
+        check_metrics(list(self.metrics))  # the registry of superalign.compare
+        launch.positive_int("rsa_max_stimuli", self.rsa_max_stimuli)
+        if self.rsa_max_stimuli < 3:
+            raise ValueError(f"rsa_max_stimuli must be at least 3, got {self.rsa_max_stimuli}")
         super().validate()
 
 
 def paper() -> SeedSweepConfig:
     """16 pairs per size, N in {8, 12, 16, 24, 32, 48}, k in {3, 5, 7, 9, 12}, the paper's data."""
     return SeedSweepConfig()
+
+
+def findings() -> SeedSweepConfig:
+    """The paper's setting over 8 seed pairs: 10,000 batches, N in {8, 16, 32}, k = 7, 64
+    latents, every metric (soft- and semi-matching, ridge, CKA, RSA, rotation score)."""
+    return dataclasses.replace(
+        paper(),
+        sizes=(8, 16, 32),
+        n_pairs=8,
+        sae_ks=(7,),
+        metrics=("soft_matching", "semi_matching", "ridge", "cka", "rsa", "rotation_score"),
+    )
 
 
 def quick() -> SeedSweepConfig:
@@ -94,7 +122,7 @@ def tiny() -> SeedSweepConfig:
     )
 
 
-PRESETS = {"paper": paper, "quick": quick, "tiny": tiny}
+PRESETS = {"paper": paper, "findings": findings, "quick": quick, "tiny": tiny}
 
 
 def get_config(name: str = "paper") -> SeedSweepConfig:
