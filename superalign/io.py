@@ -186,8 +186,16 @@ def align_rows(a: Activations, b: Activations) -> Alignment:
 # Atomic writes.
 
 
-def _atomic(path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
+def write_atomic(path, write) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half file.
+
+    Args:
+      path: the file to write; its folder is made if missing.
+      write: called with the temporary file, opened for binary writing.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -223,7 +231,7 @@ def jsonable(obj: Any):
 
 def write_json(path, data) -> Path:
     text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
-    return _atomic(path, lambda f: f.write(text.encode()))
+    return write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path):
@@ -232,13 +240,13 @@ def read_json(path):
 
 
 def write_text(path, text: str) -> Path:
-    return _atomic(path, lambda f: f.write(text.encode()))
+    return write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def save_figure(fig, stem) -> list[Path]:
     """Save a matplotlib figure as ``stem.png`` and ``stem.pdf``, each atomically."""
     return [
-        _atomic(Path(f"{stem}.{ext}"), lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
+        write_atomic(Path(f"{stem}.{ext}"), lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
         for ext in ("png", "pdf")
     ]
 
