@@ -16,31 +16,27 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _real(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def positive_float(name: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not (np.isfinite(value) and value > 0)
-    ):
+    if not (_real(value) and np.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def nonnegative_float(name: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not (np.isfinite(value) and value >= 0)
-    ):
+    if not (_real(value) and np.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def probability(name: str, value) -> float:
     """Return ``value`` as a float in (0, 1], or raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
+    if not (_real(value) and 0 < value <= 1):
         raise ValueError(f"{name} must be a probability in (0, 1], got {value!r}")
     return float(value)
 
