@@ -43,6 +43,9 @@ METRIC_LABELS = {
     "semi": "semi-matching",
     "ridge": "ridge a→b",
     "ridge_reverse": "ridge b→a",
+    "cka": "CKA",
+    "cka_debiased": "CKA (debiased)",
+    "rotation": "rotation",
 }
 METRIC_COLORS = {
     "permutation": "#c44e52",
@@ -50,6 +53,9 @@ METRIC_COLORS = {
     "semi": "#55a868",
     "ridge": "#dd8452",
     "ridge_reverse": "#8172b2",
+    "cka": "#937860",
+    "cka_debiased": "#da8bc3",
+    "rotation": "#17becf",
 }
 # The conditions each metric's figure shows, the disentangled one second (its gain is labelled).
 MATCHING_CONDITIONS = ("neuron_neuron", "sae_sae", "randsae_sae")
@@ -58,6 +64,18 @@ YLABELS = {
     "soft_matching": "soft-matching correlation",
     "semi_matching": "semi-matching correlation",
     "ridge": "ridge regression correlation",
+    "cka": "linear CKA",
+    "rsa": "RSA (Spearman r of RDMs)",
+    "rotation_score": "rotation score (correlation)",
+}
+# Short names of the toy and DNN experiments' metrics (panel titles).
+METRIC_NAMES = {
+    "soft_matching": "soft-matching",
+    "semi_matching": "semi-matching",
+    "ridge": "ridge regression",
+    "cka": "CKA",
+    "rsa": "RSA",
+    "rotation_score": "rotation score",
 }
 
 

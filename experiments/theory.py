@@ -15,6 +15,12 @@ next to its exact population value (``superalign.theory``):
    sweep of K and N (one vmapped call) mapping where recovery breaks.
 4. One table of settings 1-3 under permutation, soft-matching, semi-matching and ridge.
 
+Settings 1-3 are also scored with linear CKA (the biased and the unbiased HSIC estimator) and the
+rotation score, next to their closed forms (``theory.level_cka``, ``level_rotation``,
+``shift_cka``, ``shift_rotation``) and population values: CKA compares the shared subspace and
+the rotation score allows any rotation of the units, so both are deflated less by the
+arrangement than the matching scores (but still deflated).
+
 Writes ``config.json``, ``results.json`` (config, versions, every score with its folds, the
 closed forms) and ``figures/`` (PNG and PDF) into ``--out``.
 """
@@ -38,6 +44,17 @@ from superalign import folds, theory
 
 PRESETS = configs.PRESETS
 METRICS = tuple(style.METRIC_LABELS)
+"""Every metric scored: permutation, soft, semi, ridge, ridge_reverse, cka, cka_debiased,
+rotation."""
+POPULATION = {"cka_debiased": "cka"}
+"""The population value of a metric that differs from its name (both CKA estimators converge to
+the population CKA)."""
+
+
+def population(pop) -> dict:
+    """``{metric: population value}`` of every metric of :data:`METRICS`."""
+    values = pop._asdict()
+    return {m: values[POPULATION.get(m, m)] for m in METRICS}
 
 
 def validate(cfg: configs.TheoryConfig) -> None:
@@ -90,6 +107,9 @@ def score_pair(cfg, X, Y, metrics=METRICS) -> dict:
         "semi": lambda: superalign.semi_matching(X, Y, **kw),
         "ridge": lambda: superalign.ridge_regression(X, Y, **kw),
         "ridge_reverse": lambda: superalign.ridge_regression(Y, X, **kw),
+        "cka": lambda: superalign.cka(X, Y, **kw),
+        "cka_debiased": lambda: superalign.cka(X, Y, debiased=True, **kw),
+        "rotation": lambda: superalign.rotation_score(X, Y, **kw),
     }
     return {m: _record(fns[m]()) for m in metrics}
 
@@ -98,8 +118,11 @@ def _latents(cfg, key):
     return theory.sparse_latents(key, cfg.n_samples, cfg.n_features, cfg.latent_k)
 
 
-def levels(cfg, Z, progress=True) -> dict:
-    """Setting 1: ``Y_a = Z`` against ``Y_b = Z A_b(n)`` for every n, all ``A_b`` in one vmap."""
+def levels(cfg, Z, progress=True, metrics=METRICS) -> dict:
+    """Setting 1: ``Y_a = Z`` against ``Y_b = Z A_b(n)`` for every n, all ``A_b`` in one vmap.
+
+    ``metrics``: the metrics measured (every closed form and population value is recorded).
+    """
     f = cfg.n_features
     ns = jnp.asarray(cfg.levels)
     mixings = jax.vmap(lambda n: theory.equal_mixing(f, n))(ns)  # [L, F, F]
@@ -108,21 +131,28 @@ def levels(cfg, Z, progress=True) -> dict:
     for i, n in enumerate(tqdm(cfg.levels, desc="1. sparsity levels", disable=not progress)):
         pop = theory.population_scores(jnp.eye(f), mixings[i])
         out[str(n)] = {
-            "measured": score_pair(cfg, Z, Ys[i]),
+            "measured": score_pair(cfg, Z, Ys[i], metrics),
             "closed_form": {
                 "permutation": float(theory.level_score(n)),
                 "soft": float(theory.level_score(n)),
                 "semi": float(theory.level_score(n)),
                 "ridge": 1.0,
                 "ridge_reverse": theory.level_ridge_reverse(f, n),
+                # level_cka's derivation needs 2n - 1 <= F (the mixed supports do not wrap).
+                "cka": theory.level_cka(f, n) if 2 * n - 1 <= f else pop.cka,
+                "cka_debiased": theory.level_cka(f, n) if 2 * n - 1 <= f else pop.cka,
+                "rotation": theory.level_rotation(f, n),
             },
-            "population": pop._asdict(),
+            "population": population(pop),
         }
     return out
 
 
-def patterns(cfg, Z, progress=True) -> dict:
-    """Setting 2: groups of g features against the same groups shifted by s = 0..g."""
+def patterns(cfg, Z, progress=True, metrics=METRICS) -> dict:
+    """Setting 2: groups of g features against the same groups shifted by s = 0..g.
+
+    ``metrics``: the metrics measured (every closed form and population value is recorded).
+    """
     f = cfg.n_features
     jobs = [(g, s) for g in cfg.groups for s in range(g + 1)]
     mixings = {
@@ -143,7 +173,9 @@ def patterns(cfg, Z, progress=True) -> dict:
                 cfg,
                 Z @ A_a,
                 Z @ A_b,
-                METRICS if (g, s) == (cfg.table_group, cfg.table_shift) else METRICS[:-1],
+                metrics
+                if (g, s) == (cfg.table_group, cfg.table_shift)
+                else tuple(m for m in metrics if m != "ridge_reverse"),
             ),
             "closed_form": {
                 "permutation": closed,
@@ -151,8 +183,11 @@ def patterns(cfg, Z, progress=True) -> dict:
                 "semi": closed,
                 "ridge": theory.shift_ridge(g, s),
                 "ridge_reverse": theory.shift_ridge(g, s),
+                "cka": theory.shift_cka(g, s),
+                "cka_debiased": theory.shift_cka(g, s),
+                "rotation": theory.shift_rotation(f, g, s),
             },
-            "population": theory.population_scores(A_a, A_b)._asdict(),
+            "population": population(theory.population_scores(A_a, A_b)),
         }
     return out
 
@@ -180,7 +215,7 @@ def recovery_setting(cfg, key, progress=True) -> dict:
         # Exact recovery gives Z_hat = Z: its population scores are those of the identity.
         out[name] = {
             "measured": score_pair(cfg, X, Y),
-            "population": theory.population_scores(*mix)._asdict(),
+            "population": population(theory.population_scores(*mix)),
         }
     return out
 
@@ -302,6 +337,21 @@ def summary(results: dict) -> str:
             f"| {r['group']} | {r['shift']} | {r['overlap']:.3f} | {m['mean']:.4f} ± "
             f"{m['sem']:.4f} | {r['closed_form']['permutation']:.4f} |"
         )
+    lines += [
+        "",
+        "CKA and the rotation score: measured (closed form)",
+        "| setting | CKA | CKA (debiased) | rotation |",
+        "|---|---|---|---|",
+    ]
+    rows = [(f"1. n = {n}", r) for n, r in results["levels"].items()]
+    rows += [(f"2. g = {r['group']}, s = {r['shift']}", r) for r in results["patterns"].values()]
+    for name, r in rows:
+        m, c = r["measured"], r["closed_form"]
+        cells = [
+            f"{m[k]['mean']:.4f} ± {m[k]['sem']:.4f} ({c[k]:.4f})"
+            for k in ("cka", "cka_debiased", "rotation")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Setting 4: every metric, measured (population)",

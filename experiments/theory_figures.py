@@ -9,6 +9,18 @@ from experiments import figure_style as style
 from experiments.figure_style import METRIC_COLORS as COLORS
 from experiments.figure_style import METRIC_LABELS as LABELS
 
+LEVEL_METRICS = (
+    "permutation",
+    "soft",
+    "semi",
+    "ridge",
+    "ridge_reverse",
+    "cka",
+    "cka_debiased",
+    "rotation",
+)
+"""The metrics of setting 1's figure and of the table figure, in the order of their markers."""
+
 
 def levels_figure(results):
     """Setting 1: every metric against n, with the closed forms."""
@@ -24,16 +36,21 @@ def levels_figure(results):
         lw=1,
         label="√(rank(A_b)/F)",
     )
-    for j, m in enumerate(("permutation", "soft", "semi", "ridge", "ridge_reverse")):
+    for m, ls in (("cka", ":"), ("rotation", "-.")):
+        closed = [lev[str(n)]["closed_form"][m] for n in ns]
+        ax.plot(ns, closed, ls, color=COLORS[m], lw=1, label=f"{LABELS[m]} (closed form)")
+    metrics = [m for m in LEVEL_METRICS if m in lev[str(ns[0])]["measured"]]
+    for j, m in enumerate(metrics):
         means = [lev[str(n)]["measured"][m]["mean"] for n in ns]
-        ax.plot(ns + (j - 2) * 0.06, means, "o", ms=4, color=COLORS[m], label=LABELS[m])
+        off = (j - (len(metrics) - 1) / 2) * 0.05
+        ax.plot(ns + off, means, "o", ms=4, color=COLORS[m], label=LABELS[m])
     style.finish(
         ax,
         "features mixed per unit of system b (n)",
         "score (A_a = I)",
         ylim=(0, 1.05),
         title="1. different sparsity levels",
-        legend=dict(),
+        legend=dict(fontsize=6, ncol=2),
     )
     return fig
 
@@ -58,10 +75,15 @@ def patterns_figure(results):
     o = np.linspace(0, 1, 201)
     ax1.plot(o, np.maximum(o, 1 - o), color="k", lw=1, label="max(o, 1−o)")
     ax1.plot(o, np.sqrt(o**2 + (1 - o) ** 2), "k--", lw=1, label="√(o² + (1−o)²)")
+    ax1.plot(o, o**2 + (1 - o) ** 2, ":", color=COLORS["cka"], lw=1, label="o² + (1−o)² (CKA)")
     markers = {2: "o", 4: "s", 8: "^"}
+    shown = [m for m in ("permutation", "ridge", "cka", "rotation") if m in _first(pat)]
     for r in pat.values():
         mk = markers.get(r["group"], "D")
-        for m in ("permutation", "ridge"):
+        # The rotation score's closed form also depends on the number of groups F / g.
+        if "rotation" in shown:
+            ax1.plot(r["overlap"], r["closed_form"]["rotation"], "k_", ms=8)
+        for m in shown:
             ax1.plot(
                 r["overlap"],
                 r["measured"][m]["mean"],
@@ -73,17 +95,25 @@ def patterns_figure(results):
     for grp, mk in markers.items():
         if any(r["group"] == grp for r in pat.values()):
             ax1.plot([], [], mk, color="grey", label=f"g = {grp}")
-    ax1.plot([], [], "s", color=COLORS["permutation"], label="permutation (measured)")
-    ax1.plot([], [], "s", color=COLORS["ridge"], mfc="none", label="ridge (measured)")
+    for m in shown:
+        mfc = "none" if m == "ridge" else COLORS[m]
+        ax1.plot([], [], "s", color=COLORS[m], mfc=mfc, label=f"{LABELS[m]} (measured)")
+    if "rotation" in shown:
+        ax1.plot([], [], "k_", ms=8, label="rotation (closed form)")
     style.finish(
         ax1,
         "overlap o = (g − s)/g of a unit with its best partner's support",
         "score",
         ylim=(0.4, 1.05),
         title="2. different sparsity patterns",
-        legend=dict(),
+        legend=dict(fontsize=6),
     )
     return fig
+
+
+def _first(mapping) -> dict:
+    """The measured scores of the first setting of ``mapping`` (which metrics were scored)."""
+    return next(iter(mapping.values()))["measured"]
 
 
 def recovery_figure(results):
@@ -98,11 +128,18 @@ def recovery_figure(results):
         "recovered_to_units": "recovered → units\nẐ_a vs Y_b",
     }
     x = np.arange(len(names))
-    for j, m in enumerate(("permutation", "soft", "semi", "ridge")):
+    metrics = [
+        m
+        for m in ("permutation", "soft", "semi", "ridge", "cka", "rotation")
+        if m in rec["units"]["measured"]
+    ]
+    w = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
         vals = [rec[k]["measured"][m]["mean"] for k in names]
         pops = [rec[k]["population"][m] for k in names]
-        ax.bar(x + (j - 1.5) * 0.2, vals, 0.2, color=COLORS[m], label=LABELS[m])
-        ax.plot(x + (j - 1.5) * 0.2, pops, "k_", ms=10)
+        off = x + (j - (len(metrics) - 1) / 2) * w
+        ax.bar(off, vals, w, color=COLORS[m], label=LABELS[m])
+        ax.plot(off, pops, "k_", ms=6)
     ax.set_xticks(x, list(names.values()), fontsize=8)
     style.finish(
         ax,
@@ -154,8 +191,8 @@ def sweep_units_figure(results):
 def table_figure(results):
     """Setting 4: every metric on every setting (bars measured, ticks population)."""
     rows = results["table"]
-    metrics = ("permutation", "soft", "semi", "ridge", "ridge_reverse")
-    fig, ax = plt.subplots(figsize=(11, 4.2), constrained_layout=True)
+    metrics = [m for m in LEVEL_METRICS if m in rows[0]["measured"]]
+    fig, ax = plt.subplots(figsize=(13, 4.2), constrained_layout=True)
     x = np.arange(len(rows))
     w = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
@@ -163,7 +200,9 @@ def table_figure(results):
         ax.bar(off, [r["measured"][m] for r in rows], w, color=COLORS[m], label=LABELS[m])
         ax.plot(off, [r["population"][m] for r in rows], "k_", ms=8)
     ax.set_xticks(x, [r["setting"].replace(" vs ", "\nvs ") for r in rows], fontsize=8)
-    style.finish(ax, None, "score", ylim=(0, 1.1), legend=dict(ncol=5, loc="upper center"))
+    style.finish(
+        ax, None, "score", ylim=(0, 1.15), legend=dict(ncol=len(metrics), loc="upper center")
+    )
     return fig
 
 
