@@ -34,6 +34,9 @@ FOUR_DEVICES = textwrap.dedent(
     out["toy"] = [close(got.W, ref.W), close(got.b, ref.b), close(got_m.loss, ref_m.loss)]
     out["toy_devices"] = [sharding.n_devices_used(got.W), sharding.n_devices_used(got_m.loss)]
     out["toy_shard_shape"] = list(got.W.addressable_shards[0].data.shape)
+    rows, (W, loss) = sharding.addressable_rows((got.W, got_m.loss))
+    out["rows"] = rows.tolist()
+    out["rows_equal"] = bool(np.array_equal(W, got.W)) and bool(np.array_equal(loss, got_m.loss))
 
     z = jax.random.uniform(jax.random.key(0), (640, 16)) * (
         jax.random.uniform(jax.random.key(2), (640, 16)) < 0.3)
@@ -83,6 +86,7 @@ def test_sharded_toy_training_equals_unsharded_and_is_spread(four_devices):
     assert r["toy"] == [True, True, True]
     assert r["toy_devices"] == [4, 4]
     assert r["toy_shard_shape"] == [2, 16, 4]  # 8 seeds over 4 devices
+    assert r["rows"] == list(range(8)) and r["rows_equal"]  # one process holds every seed
 
 
 def test_sharded_sae_training_equals_unsharded_and_is_spread(four_devices):
@@ -115,6 +119,18 @@ def test_traced_k_equals_static_k():
         lat, _ = sae.encode(big, ref, x[:50], k)
         np.testing.assert_array_equal(lat, sae.encode(cfg, ref, x[:50])[0])
         assert int((lat != 0).sum(1).max()) <= k
+
+
+def test_single_process_gather_broadcast_and_rows_are_identities():
+    tree = {"a": np.arange(6.0).reshape(3, 2), "b": np.array([True, False, True])}
+    gathered = sharding.gather(tree)
+    assert all(np.array_equal(gathered[k], tree[k]) for k in tree)
+    assert sharding.broadcast(tree) is tree
+    sharding.barrier("nothing to wait for")
+    rows, local = sharding.addressable_rows(tree)
+    assert rows.tolist() == [0, 1, 2] and np.array_equal(local["a"], tree["a"])
+    with pytest.raises(ValueError, match="same leading axis"):
+        sharding.addressable_rows({"a": np.zeros((3, 2)), "b": np.zeros(2)})
 
 
 def test_mesh_helpers_validate():
