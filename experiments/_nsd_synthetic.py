@@ -22,6 +22,10 @@ NSD Data Manual at cvnlab.slite.page, pages "Functional data (NSD)", "ROIs", "Ex
   accepts both.
 - ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5``: ``imgBrick`` [73000, S, S, 3] uint8 (the
   release has S = 425), chunked per image so only the images used take disk space.
+- ``nsddata/ppdata/subjAA/func1pt8mm/T1_to_func1pt8mm.nii.gz``: float32 volume on the functional
+  grid (the release's T1 resampled to 1.8 mm): an ellipsoidal "brain" brighter towards its
+  centre, with noise, for the gain maps to be drawn over. Drawn from its own generator
+  (``seed + 1``), so every other file is what it was before the T1 was added.
 
 Generative model. Every image has ``F`` sparse non-negative features ``z`` (each active with
 probability ``feature_prob``, active values U[0, 1]). Every brain voxel ``v`` responds to image
@@ -48,6 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from experiments import brain_maps
 from superalign.brain import noise_ceiling as _nc
 from superalign.brain import nsd
 
@@ -254,6 +259,14 @@ def build(root, spec: SyntheticSpec = SyntheticSpec(), *, labels: dict | None = 
     train = ((rng.random((n, f)) < spec.feature_prob) * rng.random((n, f))).astype(np.float32)
     np.savez(files["features_train"], activations=train)
     np.savez(files["mixed_train"], activations=(train @ mixing).astype(np.float32))
+
+    t1_rng = np.random.default_rng(spec.seed + 1)  # not rng: the draws above stay as they were
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in spec.shape], indexing="ij")
+    radius2 = x**2 + y**2 + z**2
+    for subject in spec.subjects:
+        t1 = np.where(brain, 400.0 + 500.0 * (1.0 - radius2), 40.0)
+        t1 = t1 + 30.0 * t1_rng.standard_normal(spec.shape)
+        _write_nifti(brain_maps.anatomy_path(root, subject), t1.astype(np.float32))
     return Truth(truth, all_ids.astype(np.int64), features, files)
 
 

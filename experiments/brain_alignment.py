@@ -5,6 +5,8 @@
         --config.nsd_root=/data/nsd \\
         --config.activation_files="('resnet50_layer4.2_nsd.npz', 'vit_b16_block11_nsd.npz')" \\
         --config.sae_train_files="('resnet50_imagenet.npz', 'vit_b16_imagenet.npz')"
+    python -m experiments.brain_alignment --config checkpoint --config.nsd_root=/data/nsd \\
+        --config.checkpoint=resnet50-11ad3fa6.pth --config.arch=resnet50
 
 For every DNN: a TopK SAE (``sae.dnn_config``) trained on the DNN's activations and an untrained
 SAE of the same shape (the RandSAE control); their latents and the DNN's units for every NSD image.
@@ -23,6 +25,16 @@ Activation files (``--config.activation_files``, one per DNN; the DNN pipeline w
 ``--config.sae_train_files`` (same format; ``image_ids`` may be absent), e.g. ImageNet
 activations as in the paper, or on the NSD file itself when that is "".
 
+Checkpoints (``--config checkpoint``): each DNN is a torchvision file (``checkpoint``) of a
+``superalign.models`` preset (``arch``), read with :func:`superalign.models.from_torchvision`
+(every file before any image is read). The units of ``checkpoint_layers`` (default: the
+penultimate layer, ``layer4.2`` of ResNet50 and ``encoder_layer_11`` of ViT-B/16, see
+``experiments/configs/brain.py``) are extracted for exactly the images the subjects saw in the
+sessions analysed (the design file's trials), read from ``nsd_stimuli.hdf5`` through
+``superalign.datasets`` (``name="nsd"``, torchvision's evaluation transform at ``image_size``),
+and written as the activation file ``features/<dnn>.npz`` in the format above; the rest runs as
+for given files.
+
 Memory: results.json records, after the SAE->Voxel call (the widest source), the peak memory
 measured so far: the device's ``peak_bytes_in_use`` where the backend reports it (GPUs), else
 the process's peak resident set (the CPU).
@@ -30,8 +42,11 @@ the process's peak resident set (the CPU).
 Outputs in ``--out``: ``config.json``, ``results.json`` (config, versions, per subject the noise
 ceiling summary and every score with folds, mean, sem, alpha, normalised values), ``table.md``
 (percentage changes), ``figures/`` (figure 5 and figure 8 panels, noise ceilings; PNG and PDF),
-``sae/`` (trained SAE parameters), ``subjects/`` (per-subject scores, reused on a rerun) and the
-per-subject NSD cache. A directory belongs to one config.
+``sae/`` (trained SAE parameters), ``subjects/`` (per-subject scores, reused on a rerun, and
+``subjNN_voxels.npz``: every voxel's test r of Neuron->Voxel and SAE->Voxel), ``features/``
+(checkpoints: the extracted activation files) and the per-subject NSD cache. With ``gain_maps``,
+``figures/gain_map_<dnn>_subjNN.{png,pdf}``: SAE->Voxel minus Neuron->Voxel r per voxel over the
+subject's T1 (``experiments/brain_maps.py``). A directory belongs to one config.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import resource
+import shutil
 from pathlib import Path
 
 import jax
@@ -46,10 +62,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import superalign
-from experiments import _io, _nsd_synthetic, brain_figures, launch
+from experiments import _io, _nsd_synthetic, _shards, brain_figures, brain_maps, launch
 from experiments import figure_style as style
 from experiments.configs import brain as configs
-from superalign import sae
+from superalign import datasets, models, sae
 from superalign.brain import nsd
 
 PRESETS = configs.PRESETS
@@ -102,13 +118,100 @@ def check_config(cfg: configs.BrainConfig) -> None:
                 "nsddata_betas, nsddata_stimuli): --config.nsd_root=/path/to/nsd"
             )
         missing = [d for d, f in zip(cfg.dnns, cfg.activation_files, strict=True) if not f]
-        if missing:
+        if missing and not cfg.checkpoint:
             raise ValueError(
                 f"activation_files must give an .npz per DNN; none for {missing} "
                 "(--config.activation_files=\"('a.npz', 'b.npz')\")"
             )
     for i in range(n):  # the SAE settings, at a width where any k <= expansion x width fits
         sae_config(cfg, i, max(1, cfg.sae_k[i]))
+    for i, path in enumerate(cfg.checkpoint):
+        models.check_layers(checkpoint_model(cfg, i), (cfg.checkpoint_layers[i],))
+        if not Path(path).is_file():
+            raise ValueError(f"checkpoint[{i}]: no checkpoint file at {path!r}")
+
+
+def checkpoint_model(cfg, i: int) -> models.ModelConfig:
+    """The model of checkpoint ``i``: ``arch[i]`` with ``num_classes`` and ``image_size``."""
+    return models.preset(cfg.arch[i], num_classes=cfg.num_classes, image_size=cfg.image_size)
+
+
+def seen_images(root, subjects, n_sessions: int | None) -> np.ndarray:
+    """[n] 0-based 73k-ids of every image the subjects saw in their first sessions, ascending.
+
+    From the design file: the images of the subjects' first ``n_sessions`` x 750 trials (None:
+    every session the subject completed).
+    """
+    design = nsd.read_design(nsd.expdesign_path(root))
+    ids = [
+        nsd.trial_image_ids(design, s, (n_sessions or nsd.SESSIONS[s]) * nsd.TRIALS_PER_SESSION)
+        for s in subjects
+    ]
+    return np.unique(np.concatenate(ids)).astype(np.int64)
+
+
+def load_checkpoints(cfg) -> list[dict]:
+    """Every checkpoint's variables, all files read before any is used.
+
+    Raises ``ValueError`` naming the file for one that does not fit its ``arch`` and
+    ``num_classes`` (:func:`superalign.models.from_torchvision`).
+    """
+    out = []
+    for i, path in enumerate(cfg.checkpoint):
+        try:
+            out.append(models.from_torchvision(checkpoint_model(cfg, i), path))
+        except ValueError as err:
+            raise ValueError(
+                f"checkpoint[{i}] ({path}) is not a torchvision {cfg.arch[i]} with "
+                f"num_classes={cfg.num_classes}: {err}"
+            ) from None
+    return out
+
+
+def feature_path(out: Path, cfg, i: int) -> Path:
+    """The activation file written for checkpoint ``i``."""
+    return Path(out) / "features" / f"{_slug(cfg.dnns[i])}.npz"
+
+
+def extract_features(
+    cfg, i: int, variables, root, image_ids: np.ndarray, out: Path, progress=True
+) -> Path:
+    """Write checkpoint ``i``'s units of ``image_ids`` as an activation file (resumable).
+
+    Batches of ``extract_batch_size`` stimuli (``superalign.datasets``, ``name="nsd"``) go through
+    :func:`superalign.models.extract` (ResNet: the centre position clamped at 0; ViT: the CLS
+    token) into shards, then into ``features/<dnn>.npz``: ``image_ids`` [n] int64 (0-based,
+    ascending) and ``activations`` [n, units] float32.
+    """
+    path = feature_path(out, cfg, i)
+    if path.is_file():
+        return path
+    mc, layer = checkpoint_model(cfg, i), cfg.checkpoint_layers[i]
+    data = datasets.DataConfig(
+        name="nsd",
+        path=str(root),
+        image_ids=image_ids,
+        image_size=cfg.image_size,
+        resize_size=cfg.resize_size,
+    )
+    bs = cfg.extract_batch_size
+    shards = path.with_suffix(".shards")
+    writer = _shards.ShardWriter(shards, models.layer_width(mc, layer), 16 * bs)
+    fn = jax.jit(lambda v, x: models.extract(mc, v, x, (layer,))[layer])
+    first = writer.rows // bs
+    total = -(-len(image_ids) // bs)
+    with launch.progress_bar(f"{cfg.dnns[i]} NSD features", progress, total) as tick:
+        tick(first)
+        for b, batch in enumerate(datasets.batches(data, "validation", bs, start=first), first):
+            acts = np.asarray(fn(variables, batch.images))
+            writer.append(acts[batch.valid], batch.image_ids[batch.valid])
+            tick(b + 1)
+    writer.close()
+    reader = _shards.ShardReader(shards)
+    ids, acts = reader.image_ids(), reader.read()
+    _io.write_atomic(path, lambda f: np.savez(f, image_ids=ids, activations=acts))
+    shutil.rmtree(shards)
+    return path
 
 
 def sae_config(cfg, i: int, n_inputs: int) -> sae.SAEConfig:
@@ -303,8 +406,19 @@ def _score(result, nc_fraction: float) -> dict:
     }
 
 
-def subject_scores(cfg, data: nsd.SubjectData, sources: dict, progress=True) -> dict:
-    """Every ridge score of one subject."""
+MAPPED = ("neuron_voxel", "sae_voxel")
+"""The conditions whose voxelwise r are kept for the gain maps."""
+
+
+def subject_scores(
+    cfg, data: nsd.SubjectData, sources: dict, progress=True, voxels: dict | None = None
+) -> dict:
+    """Every ridge score of one subject.
+
+    Args:
+      voxels: if given, filled with ``"<dnn slug>/<condition>/unit_r"`` [K, live] and
+        ``".../dead_y"`` of the :data:`MAPPED` conditions (:mod:`experiments.brain_maps`).
+    """
     nc = np.asarray(data.noise_ceiling, np.float64)
     nc_fraction = float(nc.mean() / 100.0)
     if not nc_fraction > 0:
@@ -334,7 +448,11 @@ def subject_scores(cfg, data: nsd.SubjectData, sources: dict, progress=True) -> 
             X = src[key][rows]
             if cond == "scrambled_voxel":
                 X = X[scramble]
-            record = _score(superalign.ridge_regression(X, Y, **kw), nc_fraction)
+            result = superalign.ridge_regression(X, Y, **kw)
+            record = _score(result, nc_fraction)
+            if voxels is not None and cond in MAPPED:
+                voxels[f"{_slug(name)}/{cond}/unit_r"] = np.asarray(result.unit_r)
+                voxels[f"{_slug(name)}/{cond}/dead_y"] = np.asarray(result.dead_y, np.int64)
             if cond == "sae_voxel":  # the widest source: the call that sets the peak
                 record["memory"] = peak_memory()
             out["dnns"].setdefault(name, {})[cond] = record
@@ -394,11 +512,77 @@ def synthetic_data(cfg, out: Path) -> tuple[Path, list[str], list[str]]:
     )
 
 
+def voxels_path(out: Path, subject: int) -> Path:
+    """Where a subject's voxelwise results are kept (:func:`write_voxels`)."""
+    return Path(out) / "subjects" / f"subj{subject:02d}_voxels.npz"
+
+
+def write_voxels(path, voxels: dict, data: nsd.SubjectData, shape) -> None:
+    """A subject's voxelwise r (``voxels`` of :func:`subject_scores`) and where its voxels lie.
+
+    The ``.npz`` holds every ``"<dnn slug>/<condition>/unit_r"`` and ``".../dead_y"``, and
+    ``voxel_ijk`` [V, 3], ``affine`` [4, 4], ``shape`` [3] (the grid) and
+    ``noise_ceiling_fraction`` (the subject's mean NC / 100), so a rerun draws the maps from it.
+    """
+    extra = {
+        "voxel_ijk": np.asarray(data.voxel_ijk),
+        "affine": np.asarray(data.affine, np.float64),
+        "shape": np.asarray(shape, np.int64),
+        "noise_ceiling_fraction": np.float64(np.mean(data.noise_ceiling) / 100.0),
+    }
+    _io.write_atomic(path, lambda f: np.savez(f, **voxels, **extra))
+
+
+def gain_maps(cfg, root, out: Path) -> dict:
+    """Every subject's SAE->Voxel minus Neuron->Voxel map per DNN, drawn into ``figures/``.
+
+    Subjects scored by a run that kept no voxelwise results are skipped (logged).
+
+    Returns:
+      ``{dnn: {subject: [png, pdf]}}``.
+    """
+    volumes: dict = {name: {} for name in cfg.dnns}
+    for s in cfg.subjects:
+        path = voxels_path(out, s)
+        if not path.is_file():
+            launch.log.info("subject %d: no %s, no gain maps", s, path.name)
+            continue
+        with np.load(path) as f:
+            mask = brain_maps.data_mask(f["voxel_ijk"], f["shape"])
+            n_voxels = int(mask.sum())
+            for name in cfg.dnns:
+                slug = _slug(name)
+
+                def result(cond, f=f, slug=slug):
+                    return {k: f[f"{slug}/{cond}/{k}"] for k in ("unit_r", "dead_y")}
+
+                gain = brain_maps.voxel_gain(result("neuron_voxel"), result("sae_voxel"), n_voxels)
+                volumes[name][s] = brain_maps.to_volume(gain, mask, f["affine"])
+    return {
+        name: brain_maps.save_gain_maps(maps, root, Path(out) / "figures", name=name)
+        for name, maps in volumes.items()
+        if maps
+    }
+
+
 def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
-    """Run (or resume) the experiment; write results.json, table.md and the figures."""
+    """Run (or resume) the experiment; write results.json, table.md and the figures.
+
+    With checkpoints, every file is read (:func:`load_checkpoints`) before anything is written,
+    unless a previous run in ``out`` extracted every DNN's features already.
+    """
     out = Path(out)
+    given, cfg = cfg, configs.resolve_checkpoints(cfg)
     check_config(cfg)
-    _io.check_out(cfg, out)
+    n_sessions = cfg.n_sessions or None
+    variables = None
+    if cfg.checkpoint:
+        for s in cfg.subjects:
+            nsd.check_files(cfg.nsd_root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
+        nsd.num_stimuli(cfg.nsd_root)  # the stimulus file exists and holds imgBrick
+        if not all(feature_path(out, cfg, i).is_file() for i in range(len(cfg.dnns))):
+            variables = load_checkpoints(cfg)
+    _io.check_out(given, out)
     if cfg.synthetic is not None:
         root, files, train_files = synthetic_data(cfg, out)
     else:
@@ -407,7 +591,6 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
             list(cfg.activation_files),
             list(cfg.sae_train_files),
         )
-    n_sessions = cfg.n_sessions or None
     if cfg.synthetic is not None and not cfg.n_sessions:
         n_sessions = cfg.synthetic.n_sessions
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
@@ -415,6 +598,17 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     # Every input file first, so a bad download fails before hours of reading and training.
     for s in cfg.subjects:
         nsd.check_files(root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
+    if cfg.checkpoint:
+        ids = seen_images(root, cfg.subjects, n_sessions)
+        files = [
+            str(
+                extract_features(
+                    cfg, i, variables[i] if variables else None, root, ids, out, progress
+                )
+            )
+            for i in range(len(cfg.dnns))
+        ]
+        variables = None  # the features are on disk
     for path in [*files, *(f for f in train_files if f)]:
         if not Path(path).is_file():
             raise FileNotFoundError(2, f"activation file not found; expected the file {path}", path)
@@ -440,7 +634,11 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
             continue
         if sources is None:
             sources = dnn_sources(cfg, files, train_files, out, progress)
-        _io.write_json(cached, subject_scores(cfg, data, sources, progress))
+        voxels: dict = {}
+        scores = subject_scores(cfg, data, sources, progress, voxels)
+        shape = nsd.roi_mask(root, s, atlas=cfg.roi_atlas, label=cfg.roi_label).mask.shape
+        write_voxels(voxels_path(out, s), voxels, data, shape)
+        _io.write_json(cached, scores)
         per_subject[str(s)] = _io.read_json(cached)
     results = {
         **_io.header(cfg),
@@ -453,6 +651,8 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "table.md", table(results) + "\n")
     style.save_all(brain_figures.figures(results), out / "figures")
+    if cfg.gain_maps:
+        gain_maps(cfg, root, out)
     return results
 
 
