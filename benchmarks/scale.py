@@ -5,6 +5,7 @@ Run by hand (results go to ``benchmarks/RESULTS.md``)::
     python -m benchmarks.scale --part seeds     # toy seeds per second, 1 / 8 / 32 / 128 seeds
     python -m benchmarks.scale --part soft      # soft-matching at 4,096 / 8,192 / 16,384 units
     python -m benchmarks.scale --part compare   # seed sweep vs single-pair toy experiment
+    python -m benchmarks.scale --part compare --sweep-config findings   # the paper's setting
 
 Every measurement runs in its own child process under ``/usr/bin/time`` (peak resident memory
 of that process alone) and, for soft-matching, under ``prlimit --as`` so that a size that does not
@@ -19,7 +20,11 @@ fit fails in its child instead of exhausting a shared machine.
   ``linear_sum_assignment``) in separate children. Times include compilation.
 - compare: ``experiments.toy_models.run`` (one seed pair) and ``experiments.seed_sweep.run``
   (``--pairs`` pairs, k = 7 only, all held-out rows) on the same small settings, back to back in
-  this process; both cold (compilation included), each in a fresh output folder.
+  this process; both cold (compilation included), each in a fresh output folder. With
+  ``--sweep-config NAME`` the sweep is that preset as it is (``findings``: the paper's setting,
+  8 pairs, every metric, its first 200 held-out batches) and the single pair is the toy
+  experiment's paper preset with the sweep's data, sizes and SAE (all 2,000 held-out batches);
+  the sweep's summary (scores, findings per pair, gains) is printed.
 """
 
 from __future__ import annotations
@@ -167,44 +172,81 @@ def part_soft(args) -> list[dict]:
     return rows
 
 
-def part_compare(args) -> dict:
+def _compare_configs(args):
+    """``(single-pair config, sweep config, settings)`` of ``--part compare``."""
     import dataclasses
 
-    from experiments import seed_sweep, toy_models
     from experiments.configs import seed_sweep as sweep_configs
     from experiments.configs import toy_models as toy_configs
 
+    if args.sweep_config:
+        sweep_cfg = sweep_configs.get_config(args.sweep_config)
+        if args.pairs is not None:
+            sweep_cfg = dataclasses.replace(sweep_cfg, n_pairs=args.pairs)
+        single_cfg = dataclasses.replace(
+            toy_configs.get_config(),
+            toy=sweep_cfg.toy,
+            sae=dataclasses.replace(sweep_cfg.sae, k=sweep_cfg.sae_ks[0]),
+            sizes=sweep_cfg.sizes,
+            segment_steps=sweep_cfg.segment_steps,
+        )
+        settings = {
+            "sweep_config": args.sweep_config,
+            "n_steps": sweep_cfg.toy.n_steps,
+            "sizes": sweep_cfg.sizes,
+            "sae_ks": sweep_cfg.sae_ks,
+            "metrics": sweep_cfg.metrics,
+            "sweep_heldout_steps": sweep_cfg.heldout_steps,
+        }
+        return single_cfg, sweep_cfg, settings
     common = dict(n_steps=args.compare_steps, sizes=tuple(args.compare_sizes), segment_steps=250)
     single_cfg = dataclasses.replace(toy_configs.get_config(), **common)
     sweep_cfg = dataclasses.replace(
-        sweep_configs.get_config(), **common, n_pairs=args.pairs, sae_ks=(7,), heldout_steps=0
+        sweep_configs.get_config(),
+        **common,
+        n_pairs=16 if args.pairs is None else args.pairs,
+        sae_ks=(7,),
+        heldout_steps=0,
     )
+    return single_cfg, sweep_cfg, common
+
+
+def part_compare(args) -> dict:
+    from experiments import _io, seed_sweep, toy_models
+
+    single_cfg, sweep_cfg, settings = _compare_configs(args)
+    pairs = sweep_cfg.n_pairs
     with tempfile.TemporaryDirectory() as tmp:
         keep = Path(args.compare_out or tmp)
         if (keep / "single").exists() or (keep / "sweep").exists():
             raise ValueError(f"--compare-out {keep} already holds runs; give a new folder")
         t0 = time.perf_counter()
-        toy_models.run(single_cfg, keep / "single", progress=False)
+        single_results = toy_models.run(single_cfg, keep / "single", progress=False)
         single = time.perf_counter() - t0
+        print(f"single pair: {single:.1f} s", flush=True)
+        print(toy_models.summary(single_results), flush=True)
         t0 = time.perf_counter()
         sweep_results = seed_sweep.run(sweep_cfg, keep / "sweep", progress=False)
         sweep = time.perf_counter() - t0
-        print(seed_sweep.summary_table(sweep_results))
+        print(seed_sweep.summary(sweep_results), flush=True)
     out = {
-        "settings": common,
-        "pairs": args.pairs,
+        "settings": settings,
+        "pairs": pairs,
         "single_pair_s": single,
         "sweep_s": sweep,
-        "sweep_per_pair_s": sweep / args.pairs,
-        "ratio": sweep / args.pairs / single,
+        "sweep_per_pair_s": sweep / pairs,
+        "ratio": sweep / pairs / single,
     }
     print(json.dumps(out))
+    if args.compare_out:
+        _io.write_json(Path(args.compare_out) / "compare.json", out)
+    label = args.sweep_config or f"{args.compare_steps} steps, sizes {tuple(args.compare_sizes)}"
     print(
-        f"\n| run ({args.compare_steps} steps, sizes {tuple(args.compare_sizes)}) | wall (s) "
-        "| pairs | per pair (s) | per pair / single pair |\n|---|---|---|---|---|\n"
+        f"\n| run ({label}) | wall (s) | pairs | per pair (s) | per pair / single pair |\n"
+        "|---|---|---|---|---|\n"
         f"| toy_models (one pair) | {single:.1f} | 1 | {single:.1f} | 1.00 |\n"
-        f"| seed_sweep (k = 7) | {sweep:.1f} | {args.pairs} | {sweep / args.pairs:.1f} "
-        f"| {sweep / args.pairs / single:.2f} |"
+        f"| seed_sweep ({sweep_cfg.sae_ks}) | {sweep:.1f} | {pairs} | {sweep / pairs:.1f} "
+        f"| {sweep / pairs / single:.2f} |"
     )
     return out
 
@@ -230,10 +272,17 @@ def main(argv=None):
         "--exact-max-units", type=int, default=8192, help="skip the exact solver above this"
     )
     ap.add_argument("--timeout", type=float, default=3600.0)
-    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument(
+        "--pairs", type=int, default=None, help="sweep pairs (default 16, or the preset's)"
+    )
     ap.add_argument("--compare-steps", type=int, default=1000)
     ap.add_argument("--compare-sizes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--compare-out", default=None, help="keep both runs here (default: a temp dir)")
+    ap.add_argument(
+        "--sweep-config",
+        default=None,
+        help="compare: a seed-sweep preset (findings) instead of the small settings",
+    )
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()}, {os.cpu_count()} cores", flush=True)
     for part in args.part or ("seeds", "soft", "compare"):
