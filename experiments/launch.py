@@ -43,7 +43,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from superalign import training
+from superalign import io, training
 
 log = logging.getLogger("experiments")
 
@@ -191,21 +191,15 @@ def train(
 # The command line.
 
 
-def compilation_cache() -> str:
+def compilation_cache() -> Path:
     """Turn on JAX's persistent compilation cache, so that a second run compiles little.
 
     The folder is ``$SUPERALIGN_CACHE`` or ``~/.cache/superalign/jax``; programs that took at
-    least 0.5 s to compile are kept. ``JAX_COMPILATION_CACHE_DIR`` and
-    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, where set, take precedence.
+    least 0.5 s to compile are kept. A cache JAX already has (``JAX_COMPILATION_CACHE_DIR``) is
+    kept with its own settings.
     """
-    import jax
-
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(CACHE_ENV)
-    path = path or str(Path.home() / ".cache" / "superalign" / "jax")
-    jax.config.update("jax_compilation_cache_dir", path)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
+    path = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "superalign" / "jax"
+    return io.enable_compilation_cache(path, min_compile_seconds=0.5)
 
 
 def _name(module) -> str:

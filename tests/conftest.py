@@ -21,10 +21,10 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
 
 Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
 
-The experiments' command lines of one session share one persistent JAX compilation cache (a
-session folder in ``SUPERALIGN_CACHE``, every program kept), so repeated runs of the same tiny
-config reuse the programs the first compiled: same programs, same numbers. In-process tests do
-not use it (tests that count compilations must see every one).
+The subprocesses of one session share one persistent JAX compilation cache (a session folder in
+``JAX_COMPILATION_CACHE_DIR``, every program kept), so repeated runs of the same tiny config
+reuse the programs the first compiled: same programs, same numbers. In-process tests do not use
+it (JAX read its settings when it was imported; tests that count compilations see every one).
 
 A job is started only if a selected test uses the fixture of that name (directly or through other
 fixtures), or a parametrised fixture as ``name[param]``. The fixture collects it with
@@ -195,7 +195,7 @@ def pytest_collection_modifyitems(session, config, items):
 def background(request, tmp_path_factory):
     """The session's :class:`Background`, with the jobs of every selected test started."""
     os.environ.update(
-        SUPERALIGN_CACHE=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )

@@ -1,9 +1,27 @@
-"""Checks the experiment tests share: figure files and score records."""
+"""What the experiment tests share: their command lines, and checks of figures and scores."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(module: str, *args) -> list[str]:
+    """``python -m experiments.<module> ARGS --no-progress`` (run with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", f"experiments.{module}", *map(str, args), "--no-progress"]
+
+
+def command_job(module: str, folder: str, *args):
+    """A background job (see conftest.py): the experiment run into ``<new folder>/run``."""
+
+    def spec(factory):
+        out = factory.mktemp(folder) / "run"
+        return out, dict(args=command(module, "--out", out, *args), cwd=ROOT)
+
+    return spec
 
 
 def check_figures(folder: Path, stems) -> None:

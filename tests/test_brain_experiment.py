@@ -1,27 +1,24 @@
 """The DNN->brain experiment end to end on a miniature NSD, and its refusals."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from experiment_checks import check_figures, check_record
+from experiment_checks import ROOT, check_figures, check_record, command
 
 import superalign
 from experiments import _io, brain_alignment, launch
 from experiments.configs import brain as configs
 from superalign.brain import nsd
 
-ROOT = Path(__file__).resolve().parents[1]
 # The tiny preset: subjects 1 and 2 of a (10, 12, 9) miniature, the "mixed" DNN, 3 SAE epochs.
-TINY = ["--config", "tiny", "--no-progress"]
+TINY = ["--config", "tiny"]
 
 
 def _main(argv):
     """``launch.main(brain_alignment, argv)`` as a command: ``python -m
     experiments.brain_alignment``."""
-    return dict(args=[sys.executable, "-m", "experiments.brain_alignment", *argv], cwd=ROOT)
+    return dict(args=command("brain_alignment", *argv), cwd=ROOT)
 
 
 def _synthetic_out(factory):
@@ -50,7 +47,6 @@ def _nsd_args(root, out):
         "--config.sae_k=(4,)",
         "--config.sae.n_epochs=2",
         "--config.n_folds=3",
-        "--no-progress",
     ]
 
 
@@ -135,7 +131,7 @@ def test_sae_parameters_are_read_back_and_checked(synthetic_run, tmp_path):
 def test_a_rerun_reuses_every_stage(synthetic_run):
     out, results = synthetic_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()}
-    assert launch.main(brain_alignment, ["--out", str(out), *TINY]) == 0
+    assert launch.main(brain_alignment, ["--out", str(out), *TINY, "--no-progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "subjects").iterdir()} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["subjects"] == results["subjects"]

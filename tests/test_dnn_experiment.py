@@ -5,21 +5,18 @@ import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from experiment_checks import check_alignment, check_figures
+from experiment_checks import ROOT, check_alignment, check_figures, command, command_job
 
 import superalign
 from experiments import _io, _shards, dnn_alignment, dnn_train, launch
 from experiments.configs import dnn as configs
 from superalign import datasets, models
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg():
@@ -29,7 +26,7 @@ def _cfg():
 
 
 def _cmd(module, out):
-    return [sys.executable, "-m", module, "--config", "tiny", "--out", str(out), "--no-progress"]
+    return command(module, "--config", "tiny", "--out", out)
 
 
 @functools.cache
@@ -44,9 +41,7 @@ def _params(out):
     return jax.tree.leaves(_trained(out))
 
 
-def _aligned_job(factory):
-    out = factory.mktemp("dnn") / "run"
-    return out, dict(args=_cmd("experiments.dnn_alignment", out), cwd=ROOT)
+_aligned_job = command_job("dnn_alignment", "dnn", "--config", "tiny")
 
 
 def _killed_job(factory):
@@ -55,7 +50,7 @@ def _killed_job(factory):
 
     def kill_and_resume():
         ckpts = killed / "models" / "vit_small" / "seeds_0_1"
-        child = subprocess.Popen(_cmd("experiments.dnn_train", killed), cwd=ROOT,
+        child = subprocess.Popen(_cmd("dnn_train", killed), cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and child.poll() is None:
@@ -69,9 +64,7 @@ def _killed_job(factory):
         return {
             "running_at_kill": True,
             "accuracy_after_kill": (killed / "models" / "vit_small" / "accuracy.json").exists(),
-            "resumed": subprocess.run(
-                _cmd("experiments.dnn_train", killed), cwd=ROOT, capture_output=True
-            ),
+            "resumed": subprocess.run(_cmd("dnn_train", killed), cwd=ROOT, capture_output=True),
         }
 
     return killed, dict(call=kill_and_resume)
@@ -80,7 +73,7 @@ def _killed_job(factory):
 def _two_devices_job(factory):
     out = factory.mktemp("dnn_two") / "two"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return out, dict(args=_cmd("experiments.dnn_train", out), cwd=ROOT, env=env)
+    return out, dict(args=_cmd("dnn_train", out), cwd=ROOT, env=env)
 
 
 # The runs start in the background with the session, one after the other; the tests that use

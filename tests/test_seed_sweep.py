@@ -2,13 +2,11 @@
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from experiment_checks import check_figures
+from experiment_checks import check_figures, command_job
 
 import superalign
 from experiments import launch, seed_sweep
@@ -78,12 +76,9 @@ def test_spread_and_gain():
     assert g["fraction_positive"] == 0.5
 
 
-def _tiny_sweep_job(factory):
-    """The tiny preset (two pairs at N = 4, k in {2, 3}) from the command line: ``seed_sweep.run``
-    then its summary table."""
-    out = factory.mktemp("tiny_sweep")
-    args = [sys.executable, "-m", "experiments.seed_sweep", "--config", "tiny", "--out", str(out)]
-    return out, dict(args=[*args, "--no-progress"], cwd=Path(__file__).resolve().parents[1])
+# The tiny preset (two pairs at N = 4, k in {2, 3}) from the command line: seed_sweep.run, then
+# its summary table.
+_tiny_sweep_job = command_job("seed_sweep", "tiny_sweep", "--config", "tiny")
 
 
 # The sweep runs in the background with the session; its test runs last (see conftest.py).

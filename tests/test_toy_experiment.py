@@ -4,13 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from experiment_checks import check_alignment, check_figures
+from experiment_checks import ROOT, check_alignment, check_figures, command, command_job
 from test_regression import _sklearn_loop
 
 import superalign
@@ -25,13 +24,12 @@ FIGURES = (
 )
 
 # F = 16, N = 4, batches of 64, SAEs of 16 latents with k = 3, 3 folds (the tiny preset).
-TINY = ["--config", "tiny", "--no-progress"]
-ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", "tiny"]
 
 
 def _run(out, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "experiments.toy_models", "--out", str(out), *TINY, *extra],
+        command("toy_models", "--out", out, *TINY, *extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -86,7 +84,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
     # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "experiments.toy_models", "--out", str(killed), *TINY, *steps]
+    cmd = command("toy_models", "--out", killed, *TINY, *steps)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sae_ckpt = killed / "checkpoints" / "sae_N4"
     deadline = time.time() + 120
@@ -208,11 +206,7 @@ def _check_quick_outputs(out: Path) -> None:
                 np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
 
-def _quick_job(factory):
-    """``python -m experiments.toy_models --config quick --save-activations`` into a new folder."""
-    out = factory.mktemp("quick") / "quick"
-    args = [sys.executable, "-m", "experiments.toy_models", "--config", "quick", "--out", str(out)]
-    return out, dict(args=[*args, "--no-progress", "--save-activations"], cwd=ROOT)
+_quick_job = command_job("toy_models", "quick", "--config", "quick", "--save-activations")
 
 
 # The quick preset runs in the background from the start of the session; its test runs last
