@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from superalign import _checks
+from superalign.models.capture import check_layer_names, tap
 
 BLOCKS = ("basic", "bottleneck")
 """Residual block kinds: ``"basic"`` (two 3x3 convolutions, ResNet18/34) and ``"bottleneck"``
@@ -163,58 +164,47 @@ def _conv(features: int, k: int, stride: int, name: str) -> nn.Conv:
     )  # fmt: skip
 
 
-class BasicBlock(nn.Module):
-    """3x3 (stride here) -> 3x3, projection when the shape changes (ResNet18/34)."""
+class _Block(nn.Module):
+    """The fields of both residual blocks."""
 
-    inner: int
+    inner: int  # width of the block's 3x3 convolution
     stride: int
-    prefix: str  # e.g. "layer4.1"
+    prefix: str  # the block's torchvision name, e.g. "layer4.2"
     capture: tuple = ()
 
-    def _tap(self, name: str, x):
-        if name in self.capture:
-            self.sow("intermediates", name, x)
-        return x
+
+class BasicBlock(_Block):
+    """3x3 (stride here) -> 3x3, projection when the shape changes (ResNet18/34)."""
 
     @nn.compact
     def __call__(self, x, train: bool):
         p = self.prefix
         y = _conv(self.inner, 3, self.stride, "conv1")(x)
-        y = nn.relu(self._tap(f"{p}.bn1", _batch_norm(train, "bn1")(y)))
+        y = nn.relu(tap(self, f"{p}.bn1", _batch_norm(train, "bn1")(y)))
         y = _conv(self.inner, 3, 1, "conv2")(y)
-        y = self._tap(f"{p}.bn2", _batch_norm(train, "bn2")(y))
+        y = tap(self, f"{p}.bn2", _batch_norm(train, "bn2")(y))
         if x.shape[-1] != self.inner or self.stride != 1:
             x = _conv(self.inner, 1, self.stride, "downsample_conv")(x)
             x = _batch_norm(train, "downsample_bn")(x)
-        return self._tap(p, nn.relu(x + y))
+        return tap(self, p, nn.relu(x + y))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 -> 3x3 (stride here, as in v1.5) -> 1x1 (4x channels), projection when needed."""
-
-    inner: int
-    stride: int
-    prefix: str  # e.g. "layer4.2"
-    capture: tuple = ()
-
-    def _tap(self, name: str, x):
-        if name in self.capture:
-            self.sow("intermediates", name, x)
-        return x
 
     @nn.compact
     def __call__(self, x, train: bool):
         p = self.prefix
         y = _conv(self.inner, 1, 1, "conv1")(x)
-        y = nn.relu(self._tap(f"{p}.bn1", _batch_norm(train, "bn1")(y)))
+        y = nn.relu(tap(self, f"{p}.bn1", _batch_norm(train, "bn1")(y)))
         y = _conv(self.inner, 3, self.stride, "conv2")(y)
-        y = nn.relu(self._tap(f"{p}.bn2", _batch_norm(train, "bn2")(y)))
+        y = nn.relu(tap(self, f"{p}.bn2", _batch_norm(train, "bn2")(y)))
         y = _conv(4 * self.inner, 1, 1, "conv3")(y)
-        y = self._tap(f"{p}.bn3", _batch_norm(train, "bn3")(y))
+        y = tap(self, f"{p}.bn3", _batch_norm(train, "bn3")(y))
         if x.shape[-1] != 4 * self.inner or self.stride != 1:
             x = _conv(4 * self.inner, 1, self.stride, "downsample_conv")(x)
             x = _batch_norm(train, "downsample_bn")(x)
-        return self._tap(p, nn.relu(x + y))
+        return tap(self, p, nn.relu(x + y))
 
 
 class ResNet(nn.Module):
@@ -222,11 +212,6 @@ class ResNet(nn.Module):
 
     config: ResNetConfig
     capture: tuple = ()  # layer names to record in "intermediates"
-
-    def _tap(self, name: str, x):
-        if name in self.capture:
-            self.sow("intermediates", name, x)
-        return x
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -237,8 +222,8 @@ class ResNet(nn.Module):
         else:
             x = nn.Conv(cfg.width, (7, 7), (2, 2), padding=3, use_bias=False,
                         kernel_init=_conv_init, name="stem_conv")(x)  # fmt: skip
-        x = self._tap("conv1", x)
-        x = nn.relu(self._tap("bn1", _batch_norm(train, "stem_bn")(x)))
+        x = tap(self, "conv1", x)
+        x = nn.relu(tap(self, "bn1", _batch_norm(train, "stem_bn")(x)))
         if not cfg.small_stem:
             # flax pads the window with -inf, as PyTorch's MaxPool2d(3, 2, padding=1).
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -252,7 +237,7 @@ class ResNet(nn.Module):
                     capture=tuple(self.capture),
                     name=f"layer{s}_{b}",
                 )(x, train)
-        x = self._tap("avgpool", jnp.mean(x, axis=(1, 2)))
+        x = tap(self, "avgpool", jnp.mean(x, axis=(1, 2)))
         return nn.Dense(cfg.num_classes, name="fc")(x)
 
 
@@ -269,11 +254,5 @@ def units(config: ResNetConfig, name: str, x: jax.Array) -> jax.Array:
 
 
 def check_names(config: ResNetConfig, layers: Sequence[str]) -> tuple[str, ...]:
-    valid = config.layer_names()
-    for name in layers:
-        if name not in valid:
-            raise ValueError(
-                f"layers: unknown layer {name!r} for ResNet(stage_sizes={config.stage_sizes}); "
-                f"valid layers are {list(valid)}"
-            )
-    return tuple(layers)
+    model = f"ResNet(stage_sizes={config.stage_sizes})"
+    return check_layer_names(layers, config.layer_names(), model)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from superalign import _checks
+from superalign.models.capture import check_layer_names, tap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +116,6 @@ class EncoderBlock(nn.Module):
     prefix: str
     capture: tuple = ()
 
-    def _tap(self, name: str, x):
-        if name in self.capture:
-            self.sow("intermediates", name, x)
-        return x
-
     @nn.compact
     def __call__(self, x):
         cfg, p = self.config, self.prefix
@@ -127,11 +123,11 @@ class EncoderBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=cfg.heads, kernel_init=_dense_init, name="self_attention"
         )(y, y)
-        x = x + self._tap(f"{p}.self_attention", y)
+        x = x + tap(self, f"{p}.self_attention", y)
         y = nn.LayerNorm(epsilon=1e-6, name="ln_2")(x)
         y = nn.Dense(cfg.mlp_dim, kernel_init=_dense_init, name="mlp_0")(y)
         y = nn.Dense(cfg.hidden, kernel_init=_dense_init, name="mlp_3")(nn.gelu(y, False))
-        return self._tap(p, x + self._tap(f"{p}.mlp", y))
+        return tap(self, p, x + tap(self, f"{p}.mlp", y))
 
 
 class ViT(nn.Module):
@@ -147,8 +143,7 @@ class ViT(nn.Module):
         p = cfg.patch_size
         x = nn.Conv(cfg.hidden, (p, p), (p, p), padding="VALID", name="patch_embedding")(x)
         x = x.reshape(x.shape[0], -1, cfg.hidden)
-        if "conv_proj" in self.capture:
-            self.sow("intermediates", "conv_proj", x)
+        x = tap(self, "conv_proj", x)
         cls = self.param("class_token", nn.initializers.zeros, (1, 1, cfg.hidden))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, cfg.hidden)), x], axis=1)
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], cfg.hidden))
@@ -158,8 +153,7 @@ class ViT(nn.Module):
                 cfg, f"encoder_layer_{i}", tuple(self.capture), name=f"encoder_layer_{i}"
             )(x)
         x = nn.LayerNorm(epsilon=1e-6, name="encoder_ln")(x)
-        if "encoder.ln" in self.capture:
-            self.sow("intermediates", "encoder.ln", x)
+        x = tap(self, "encoder.ln", x)
         return nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros, name="head")(x[:, 0])
 
 
@@ -170,11 +164,4 @@ def units(config: ViTConfig, name: str, x: jax.Array) -> jax.Array:
 
 
 def check_names(config: ViTConfig, layers: Sequence[str]) -> tuple[str, ...]:
-    valid = config.layer_names()
-    for name in layers:
-        if name not in valid:
-            raise ValueError(
-                f"layers: unknown layer {name!r} for ViT(depth={config.depth}); valid layers "
-                f"are {list(valid)}"
-            )
-    return tuple(layers)
+    return check_layer_names(layers, config.layer_names(), f"ViT(depth={config.depth})")
