@@ -18,13 +18,11 @@ flax / torch and the largest unit difference relative to the largest unit.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
 
-from benchmarks.metrics import machine
+from benchmarks.common import end, machine, parser
 
 LAYERS = {
     "resnet50": ("layer2.3.bn2", "layer4.2.bn2"),
@@ -109,11 +107,11 @@ def bench(name, batch, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32, help="images per call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each (median)")
-    parser.add_argument("--models", nargs="+", choices=sorted(LAYERS), default=sorted(LAYERS))
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--batch", type=int, default=32, help="images per call")
+    cli.add_argument("--repeats", type=int, default=5, help="timed calls of each (median)")
+    cli.add_argument("--models", nargs="+", choices=sorted(LAYERS), default=sorted(LAYERS))
+    args = cli.parse_args()
     import torch
 
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
@@ -124,7 +122,7 @@ def main():
     print("|" + "|".join("-" * w for w in (10, 43, 7, 11, 12, 13, 12, 10)) + "|")
     for name in args.models:
         bench(name, args.batch, args.repeats)
-    print(f"\nend: load average {os.getloadavg()}")
+    end()
 
 
 if __name__ == "__main__":

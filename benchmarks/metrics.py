@@ -14,24 +14,9 @@ difference and the time ratio. Results are recorded in ``benchmarks/RESULTS.md``
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import subprocess
-import time
-
 import numpy as np
 
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, load average {os.getloadavg()}"
+from benchmarks.common import against, end, machine, parser, timed
 
 
 def _standardize(a):
@@ -104,12 +89,6 @@ def sklearn_ridge(X, Y, alphas, n_folds=5, seed=0, folds=None):
     return np.array(chosen), np.array(scores)
 
 
-def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
 def bench_soft(sizes, m, kinds):
     import superalign
 
@@ -117,9 +96,10 @@ def bench_soft(sizes, m, kinds):
     for n in sizes:
         for kind in kinds:
             X, Y = (_planted if kind == "planted" else _random)(m, n, seed=n)
-            ours, t_ours = _timed(superalign.soft_matching, X, Y)  # includes compilation
-            ref, t_ref = _timed(pot_soft_matching, X, Y)
-            diff = np.abs(ours.folds - ref).max()
+            # The library's time includes compilation.
+            ours, t_ours, ref, t_ref, diff = against(
+                superalign.soft_matching, pot_soft_matching, X, Y
+            )
             print(
                 f"soft {n:5d} {kind:8s} superalign {ours.mean:.6f} ({t_ours:7.2f} s; "
                 f"iterations {ours.n_iterations.tolist()}; converged "
@@ -139,7 +119,7 @@ def bench_ridge(problems, sklearn_folds):
             X, Y = _planted(m, na, seed=na)
         else:
             X, Y = _sparse_pair(m, na, nb, f=max(na, nb), seed=m)
-        ours, t_ours = _timed(superalign.ridge_regression, X, Y)  # includes compilation
+        ours, t_ours = timed(superalign.ridge_regression, X, Y)  # includes compilation
         k = sklearn_folds.get((m, na, nb, kind), 5)
         if k == 0:
             print(
@@ -148,7 +128,7 @@ def bench_ridge(problems, sklearn_folds):
                 flush=True,
             )
             continue
-        (chosen, ref), t_ref = _timed(sklearn_ridge, X, Y, DEFAULT_ALPHAS, folds=k)
+        (chosen, ref), t_ref = timed(sklearn_ridge, X, Y, DEFAULT_ALPHAS, folds=k)
         t_ref_5 = t_ref * 5 / k
         diff = np.abs(ours.folds[:k] - ref).max()
         same = int((ours.alpha[:k] == chosen).sum())
@@ -163,33 +143,31 @@ def bench_ridge(problems, sklearn_folds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--only", choices=["soft", "ridge"], default=None)
-    parser.add_argument(
+    cli = parser(__doc__, only=["soft", "ridge"])
+    cli.add_argument(
         "--sklearn-folds-wide",
         type=int,
         default=5,
         help="folds of the scikit-learn baseline at 50,000 x 2,048 (0: do not run it)",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--sklearn-folds-big",
         type=int,
         default=5,
         help="folds of the scikit-learn baseline at 2,048,000 rows (timing scaled to 5; 0: skip)",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--sklearn-folds-square",
         type=int,
         default=5,
         help="folds of the scikit-learn baseline at 10,000 x 2,048 -> 2,048 planted (0: skip)",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--ridge-cases",
         default="wide,tall,square",
         help="comma-separated ridge problems to run (wide, tall, square)",
     )
-    args = parser.parse_args()
+    args = cli.parse_args()
     print(f"machine: {machine()}")
     if args.quick:
         sizes, m = [256], 4000
@@ -215,7 +193,7 @@ def main():
         bench_soft(sizes, m, ["random", "planted"])
     if args.only in (None, "ridge"):
         bench_ridge(problems, big)
-    print(f"\nend: load average {os.getloadavg()}")
+    end()
 
 
 if __name__ == "__main__":

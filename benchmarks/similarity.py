@@ -17,24 +17,10 @@ compilation), and for RSA rsatoolbox's score and time on the same fold rows.
 
 from __future__ import annotations
 
-import argparse
-import os
-import resource
-import time
-
 import numpy as np
 
-from benchmarks.metrics import machine
-
-
-def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
-def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+from benchmarks.common import against, end, machine, parser, peak_gib, timed
+from tests.references import rsatoolbox_rsa
 
 
 def planted(m: int, n: int, seed: int, n_latents: int = 256, block: int = 4096):
@@ -72,41 +58,16 @@ def bench_cka(rows: int, units: int):
     import superalign
 
     print(f"\n## CKA: {rows:,} stimuli x {units:,} units per side, 5 folds (test parts)")
-    (X, Y), t_make = _timed(lambda: jax.block_until_ready(planted(rows, units, seed=0)))
-    print(f"data generated in {t_make:.1f} s; peak RSS {_peak_gib():.2f} GiB", flush=True)
+    (X, Y), t_make = timed(lambda: jax.block_until_ready(planted(rows, units, seed=0)))
+    print(f"data generated in {t_make:.1f} s; peak RSS {peak_gib():.2f} GiB", flush=True)
     for debiased in (False, True):
-        out, t = _timed(superalign.cka, X, Y, debiased=debiased)
+        out, t = timed(superalign.cka, X, Y, debiased=debiased)
         print(
             f"cka debiased={debiased!s:5s} {out.mean:.6f} +- {out.sem:.6f} ({t:8.2f} s incl. "
-            f"compile on the first call); peak RSS {_peak_gib():.2f} GiB",
+            f"compile on the first call); peak RSS {peak_gib():.2f} GiB",
             flush=True,
         )
     del X, Y
-
-
-def rsatoolbox_rsa(X, Y, n_folds=5, seed=0, rdm="correlation", compare="spearman"):
-    """A plain loop: KFold test parts, dead units removed, rsatoolbox's RDMs and comparison."""
-    import rsatoolbox
-    from sklearn.model_selection import KFold
-
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
-    live = []
-    for A in (X, Y):
-        dead = np.zeros(A.shape[1], bool)
-        for train, test in splits:
-            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
-        live.append(~dead)
-    X, Y = X[:, live[0]], Y[:, live[1]]
-    method = {"spearman": "spearman", "pearson": "corr"}[compare]
-    out = []
-    for _, test in splits:
-        r = np.sort(test)
-        if rdm == "correlation":
-            r = r[(X[r].std(1) > 0) & (Y[r].std(1) > 0)]
-        rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(A[r]), method=rdm) for A in (X, Y)]
-        out.append(rsatoolbox.rdm.compare(*rdms, method=method)[0, 0])
-    return np.array(out)
 
 
 def bench_rsa(problems):
@@ -115,10 +76,8 @@ def bench_rsa(problems):
     print("\n## RSA: correlation RDMs, Spearman, 5 folds; superalign vs rsatoolbox loop")
     for m, n in problems:
         X, Y = (np.asarray(a) for a in planted(m, n, seed=1))
-        first, t_first = _timed(superalign.rsa, X, Y)
-        ours, t_ours = _timed(superalign.rsa, X, Y)
-        ref, t_ref = _timed(rsatoolbox_rsa, X, Y)
-        diff = np.abs(ours.folds - ref).max()
+        first, t_first = timed(superalign.rsa, X, Y)
+        ours, t_ours, ref, t_ref, diff = against(superalign.rsa, rsatoolbox_rsa, X, Y)
         print(
             f"rsa {m}x{n} (RDMs of {ours.n_stimuli.max()} stimuli) superalign {ours.mean:.6f} "
             f"({t_ours:.3f} s; first call {t_first:.2f} s)  rsatoolbox {ref.mean():.6f} "
@@ -133,24 +92,22 @@ def bench_rotation(rows: int, units: int):
 
     print(f"\n## rotation score: {rows:,} stimuli x {units:,} units per side, 5 folds")
     X, Y = planted(rows, units, seed=2)
-    first, t_first = _timed(superalign.rotation_score, X, Y)
-    out, t = _timed(superalign.rotation_score, X, Y)
+    first, t_first = timed(superalign.rotation_score, X, Y)
+    out, t = timed(superalign.rotation_score, X, Y)
     print(
         f"rotation {out.mean:.6f} +- {out.sem:.6f} ({t:.2f} s; first call {t_first:.2f} s); "
-        f"peak RSS {_peak_gib():.2f} GiB",
+        f"peak RSS {peak_gib():.2f} GiB",
         flush=True,
     )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--only", choices=["cka", "rsa", "rotation"], default=None)
-    parser.add_argument("--cka-rows", type=int, default=100_000)
-    parser.add_argument("--cka-units", type=int, default=16_384)
-    parser.add_argument("--rotation-rows", type=int, default=20_000)
-    parser.add_argument("--rotation-units", type=int, default=4_096)
-    args = parser.parse_args()
+    cli = parser(__doc__, only=["cka", "rsa", "rotation"])
+    cli.add_argument("--cka-rows", type=int, default=100_000)
+    cli.add_argument("--cka-units", type=int, default=16_384)
+    cli.add_argument("--rotation-rows", type=int, default=20_000)
+    cli.add_argument("--rotation-units", type=int, default=4_096)
+    args = cli.parse_args()
     print(f"machine: {machine()}")
     if args.quick:
         cka_size, rsa_problems, rot_size = (5_000, 512), [(1_000, 256)], (2_000, 256)
@@ -164,7 +121,7 @@ def main():
         bench_rotation(*rot_size)
     if args.only in (None, "cka"):
         bench_cka(*cka_size)
-    print(f"\nend: load average {os.getloadavg()}")
+    end()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import importlib
 
 import numpy as np
 import pytest
-from sklearn.model_selection import KFold
+from references import live_folds
 
 import superalign
 from superalign import folds
@@ -36,19 +36,11 @@ def _hsic_unbiased(K, L):
 
 
 def _reference(X, Y, debiased, n_folds=5, seed=0):
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
-    keep = []
-    for A in (X, Y):
-        dead = np.zeros(A.shape[1], bool)
-        for train, test in splits:
-            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
-        keep.append(~dead)
+    X, Y, splits, _ = live_folds(X, Y, n_folds, seed)
     hsic = _hsic_unbiased if debiased else _hsic_biased
     out = []
     for _, test in splits:
-        x = X[test][:, keep[0]]
-        y = Y[test][:, keep[1]]
+        x, y = X[test], Y[test]
         x, y = x - x.mean(0), y - y.mean(0)
         K, L = x @ x.T, y @ y.T
         out.append(hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L)))

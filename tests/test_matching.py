@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import ot
 import pytest
+from references import live_folds
 from scipy.optimize import linear_sum_assignment
-from sklearn.model_selection import KFold
 
 import superalign
 from superalign import matching
@@ -21,15 +21,7 @@ def _standardize(a):
 
 def _reference_folds(X, Y, n_folds=5, seed=0):
     """float64 train and test correlations per fold, dead units removed (numpy + sklearn)."""
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
-    keep = []
-    for A in (X, Y):
-        dead = np.zeros(A.shape[1], bool)
-        for train, test in splits:
-            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
-        keep.append(np.flatnonzero(~dead))
-    X, Y = X[:, keep[0]], Y[:, keep[1]]
+    X, Y, splits, keep = live_folds(X, Y, n_folds, seed)
     out = []
     for train, test in splits:
         out.append(

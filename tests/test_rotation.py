@@ -5,8 +5,8 @@ import importlib
 
 import numpy as np
 import pytest
+from references import live_folds
 from scipy.linalg import orthogonal_procrustes
-from sklearn.model_selection import KFold
 
 import superalign
 
@@ -15,15 +15,7 @@ rotation_module = importlib.import_module("superalign.rotation")
 
 def _reference(X, Y, n_folds=5, seed=0):
     """Per fold (score, R block of the real units), float64, dead units removed."""
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
-    keep = []
-    for A in (X, Y):
-        dead = np.zeros(A.shape[1], bool)
-        for train, test in splits:
-            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
-        keep.append(~dead)
-    X, Y = X[:, keep[0]], Y[:, keep[1]]
+    X, Y, splits, _ = live_folds(X, Y, n_folds, seed)
     nx, ny = X.shape[1], Y.shape[1]
     n = max(nx, ny)
     scores, rotations = [], []

@@ -1,0 +1,59 @@
+"""Independent float64 references shared by the tests and the benchmarks.
+
+Written with numpy, scikit-learn and rsatoolbox only (never the library), following the
+protocol the library implements: scikit-learn's shuffled ``KFold``, and a unit is dead (removed
+from both parts of every fold) when it is all zero on any fold's train or test part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+RSA_METHODS = {"spearman": "spearman", "pearson": "corr"}
+"""The library's RDM comparison names and rsatoolbox's."""
+
+
+def live_folds(X, Y, n_folds=5, seed=0):
+    """The folds and the live units of a pair, in float64.
+
+    Args:
+      X: [M, Na] activations.
+      Y: [M, Nb] activations, same rows.
+      n_folds: K.
+      seed: ``KFold``'s ``random_state``.
+
+    Returns:
+      ``(X [M, na], Y [M, nb], splits, (live_x, live_y))``: both matrices as float64 with their
+      dead units removed, the K ``(train, test)`` row index pairs, and the column indices of the
+      live units ``live_x [na]`` and ``live_y [nb]``.
+    """
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
+    live = []
+    for A in (X, Y):
+        dead = np.zeros(A.shape[1], bool)
+        for train, test in splits:
+            dead |= (A[train] == 0).all(0) | (A[test] == 0).all(0)
+        live.append(np.flatnonzero(~dead))
+    return X[:, live[0]], Y[:, live[1]], splits, tuple(live)
+
+
+def rsatoolbox_rsa(X, Y, rdm="correlation", compare="spearman", n_folds=5, seed=0, rows=None):
+    """Per fold, rsatoolbox's comparison of its two RDMs (float64) on ``rows[k]`` or the test
+    part; correlation RDMs drop the stimuli whose pattern is constant in either system.
+
+    Returns:
+      [K] the comparison per fold.
+    """
+    import rsatoolbox
+
+    X, Y, splits, _ = live_folds(X, Y, n_folds, seed)
+    out = []
+    for k, (_, test) in enumerate(splits):
+        r = np.sort(test) if rows is None else rows[k]
+        if rdm == "correlation":
+            r = r[(X[r].std(1) > 0) & (Y[r].std(1) > 0)]
+        rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(A[r]), method=rdm) for A in (X, Y)]
+        out.append(rsatoolbox.rdm.compare(*rdms, method=RSA_METHODS[compare])[0, 0])
+    return np.array(out)
