@@ -361,11 +361,26 @@ def make_chunk_run(config: SAEConfig):
     return run
 
 
-def check_activations(config: SAEConfig, x, name: str = "x"):
+def check_activations(config: SAEConfig, x, name: str = "x", *, n_seeds: int | None = None):
     """Refuse activations of the wrong rank, width or type, too few rows, or with NaN or Inf.
+
+    Args:
+      config: the SAE.
+      x: ``[M, n_inputs]`` activations, or with ``n_seeds`` ``[n_seeds, M, n_inputs]`` (one
+        activation set per seed); ``M >= batch_size``.
+      name: the argument as the error names it.
+      n_seeds: None for one activation set, else the number of seeds.
 
     Returns ``x``, or a numpy array if it was a list or tuple.
     """
+    if n_seeds is not None:
+        x = _checks.array(name, x, ndim=3, width=config.n_inputs)
+        if x.shape[0] != n_seeds or x.shape[1] < config.batch_size:
+            raise ValueError(
+                f"{name} must be [n_seeds={n_seeds}, >= batch_size={config.batch_size}, "
+                f"{config.n_inputs}], got shape {x.shape}"
+            )
+        return x
     x = _checks.array(name, x, ndim=2, width=config.n_inputs)
     if np.shape(x)[0] < config.batch_size:
         raise ValueError(
@@ -445,15 +460,7 @@ def train_on_stream(
     index = 0
     for epoch in range(config.n_epochs):
         for chunk in chunks():
-            if n_seeds is None:
-                check_activations(config, chunk, "chunk")
-            else:
-                _checks.array("chunk", chunk, ndim=3, width=config.n_inputs)
-                if chunk.shape[0] != n_seeds or chunk.shape[1] < config.batch_size:
-                    raise ValueError(
-                        f"chunk must be [n_seeds={n_seeds}, >= batch_size={config.batch_size}, "
-                        f"{config.n_inputs}], got shape {chunk.shape}"
-                    )
+            check_activations(config, chunk, "chunk", n_seeds=n_seeds)
             chunk_key = jax.random.fold_in(jax.random.fold_in(k_data, epoch), index)
             state, metrics = step(state, chunk, chunk_key)
             history.append(metrics)
@@ -506,15 +513,7 @@ def make_sharded_train(config: SAEConfig, mesh=None, *, shared_x: bool = False):
     def train(keys: jax.Array, x: jax.Array, k=None):
         n = keys.shape[0]
         sharding.check_divisible("the number of seeds (keys)", n, mesh)
-        if shared_x:
-            check_activations(config, x)
-        else:
-            _checks.array("x", x, ndim=3, width=config.n_inputs)
-            if x.shape[0] != n or x.shape[1] < config.batch_size:
-                raise ValueError(
-                    f"x must be [n_seeds={n}, >= batch_size={config.batch_size}, "
-                    f"{config.n_inputs}], got shape {x.shape}"
-                )
+        check_activations(config, x, n_seeds=None if shared_x else n)
         k = jnp.asarray(config.k if k is None else k, jnp.int32)
         x = sharding.put(x, sharding.replicated(mesh) if shared_x else sharding.leading(mesh))
         return sharded(sharding.put(keys, sharding.leading(mesh)), x, k)

@@ -2,18 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_events import compile_events
 
 from superalign import analysis, features, toy
-
-
-def _count_compiles():
-    events = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *_a, **_k: (
-            events.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
-        )
-    )
-    return events
 
 
 def test_vmapped_seeds_equal_separate_runs_and_do_not_recompile():
@@ -28,7 +19,7 @@ def test_vmapped_seeds_equal_separate_runs_and_do_not_recompile():
         np.testing.assert_allclose(params.W[i], p_i.W, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(params.b[i], p_i.b, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(metrics.loss[i], m_i.loss, rtol=1e-5)
-    events = _count_compiles()
+    events = compile_events()
     again, _ = many(jax.random.split(jax.random.key(1), 4))
     jax.block_until_ready(again)
     assert events == [], "a second call with the same shapes recompiled"
