@@ -1,7 +1,9 @@
 """Figures of the toy-model experiment, drawn from ``results.json`` alone.
 
 Figure 2 (feature overlap, arrangement comparison, soft-matching bars with percentage change),
-figure 4 top (ridge), figure 6 (feature recovery) and figure 7 top (semi-matching).
+figure 4 top (ridge), figure 6 (feature recovery), figure 7 top (semi-matching), and beyond the
+paper, which metrics superposition deflates (every metric's Neuron->Neuron against SAE->SAE and
+RandSAE->SAE).
 """
 
 from __future__ import annotations
@@ -81,6 +83,44 @@ def figure6(results):
     return fig
 
 
+DEFLATION_METRICS = ("soft_matching", "semi_matching", "ridge", "cka", "rsa", "rotation_score")
+DEFLATION_CONDITIONS = ("neuron_neuron", "sae_sae", "randsae_sae")
+
+
+def deflation_figure(results):
+    """Which metrics superposition deflates: one panel per metric, bars per size N.
+
+    Each panel shows Neuron->Neuron, SAE->SAE and RandSAE->SAE (ridge has no RandSAE->SAE
+    condition; its control is RandSAE->Neuron, in figure 4) with the change of SAE->SAE over
+    Neuron->Neuron above each size. A metric that rises with SAEs while RandSAE->SAE does not
+    was deflated by the arrangement of the features in the units. None if ``results`` holds
+    none of the metrics.
+    """
+    sizes = results["sizes"]
+    metrics = [m for m in DEFLATION_METRICS if all(m in res for res in sizes.values())]
+    if not metrics:
+        return None
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(4.2 * ncols, 3.4 * nrows),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics, strict=False)):
+        conds = [c for c in DEFLATION_CONDITIONS if all(c in r[metric] for r in sizes.values())]
+        values = _values(results, metric, conds)
+        negative = any(v[0] < 0 for g in values.values() for v in g.values())
+        style.bar_and_gain(ax, values, conds, ylim=None if negative else (0, 1.1), legend=i == 0)
+        ax.set_title(style.METRIC_NAMES.get(metric, metric), fontsize=10)
+        ax.set_ylabel(style.YLABELS.get(metric, "score"), fontsize=8)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    return fig
+
+
 def figures(results) -> dict:
     """Every figure of the experiment, by file stem."""
     return {
@@ -90,4 +130,5 @@ def figures(results) -> dict:
         "figure7_top_semimatching": metric_figure(
             results, "semi_matching", style.MATCHING_CONDITIONS
         ),
+        "metrics_deflation": deflation_figure(results),
     }

@@ -8,8 +8,11 @@ For every size N: two toy models (seeds as a vmap axis) trained on the same rows
 the first 80% of their activations, random-SAE controls, then on the held-out 20%:
 soft- and semi-matching (Neuron->Neuron, SAE->SAE, RandSAE->SAE), ridge (Neuron->Neuron,
 SAE->Neuron, SAE->SAE, RandSAE->Neuron), the shared features and their arrangement, and the
-feature-recovery check. Training is checkpointed (orbax) every ``segment_steps`` batches; a
-killed run started again with the same command resumes, and finished stages are reused.
+feature-recovery check. Beyond the paper, linear CKA, RSA and the rotation score are scored on
+the matching conditions (the conditions of every metric: ``superalign.compare``), and a figure
+shows which metrics superposition deflates. Training is checkpointed (orbax) every
+``segment_steps`` batches; a killed run started again with the same command resumes, and
+finished stages are reused.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import superalign
 from experiments import _io, launch, toy_figures
 from experiments import figure_style as style
 from experiments.configs import toy_models as configs
 from superalign import analysis, features, sae, toy
+from superalign.compare import DEFAULT_METRICS, SEED_CONDITIONS, available_metrics, score_conditions
 from superalign.folds import full_precision
 
 PRESETS = configs.PRESETS
 FLAGS = {"save_activations": "also write the held-out activations (.npy)"}
 MATCHING = style.MATCHING_CONDITIONS
 RIDGE = style.RIDGE_CONDITIONS
+OTHER_METRICS = ("cka", "rsa", "rotation_score")
+"""Metrics beyond the paper's, scored on the matching conditions."""
+METRICS = DEFAULT_METRICS + OTHER_METRICS
+"""Every metric the toy experiment scores, in the order of its tables and figures."""
 
 
 def seed_keys(seeds, salt: int) -> jax.Array:
@@ -260,39 +267,85 @@ def heldout(cfg, n_hidden, toy_params, sae_params, progress=True):
 def score(result) -> dict:
     """The JSON record of one metric result: folds, mean, sem and what explains it."""
     record = {"folds": result.folds, "mean": result.mean, "sem": result.sem}
-    for field in ("alpha", "converged", "dead_x", "dead_y"):
+    for field in ("alpha", "converged", "dead_x", "dead_y", "n_stimuli", "n_dropped"):
         if hasattr(result, field):
             record[field] = getattr(result, field)
     return record
 
 
-def alignment(acts: dict, *, n_folds: int, seed: int, progress=True) -> dict:
+def metric_functions(metrics=METRICS, *, rsa_max_stimuli: int | None = None) -> dict:
+    """``name -> f(X, Y, *, n_folds, seed)`` of the library's registry for ``metrics``.
+
+    Args:
+      metrics: names from :func:`superalign.compare.available_metrics`.
+      rsa_max_stimuli: RSA's ``max_stimuli`` (stimuli per fold RDM), or None for its default.
+    """
+    registry = available_metrics()
+    unknown = [m for m in metrics if m not in registry]
+    if unknown:
+        raise ValueError(f"metrics: unknown metric(s) {unknown}; available: {sorted(registry)}")
+    fns = {m: registry[m] for m in metrics}
+    if "rsa" in fns and rsa_max_stimuli is not None:
+        fns["rsa"] = partial(fns["rsa"], max_stimuli=rsa_max_stimuli)
+    return fns
+
+
+class SeedAxis:
+    """``[S, M, units]`` populations held as S arrays, for :func:`score_conditions`.
+
+    Stacking the per-seed arrays would copy every one of them (half a gigabyte each at N = 32);
+    this holds them as they are and hands out ``[M, units]`` per seed.
+    """
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+        self.shape = (len(self.arrays), *np.shape(self.arrays[0]))
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, s):
+        return self.arrays[s]
+
+
+def alignment(acts: dict, *, n_folds: int, seed: int, metrics=DEFAULT_METRICS, progress=True):
     """Every alignment score of one size (or layer) on its held-out activations, seed 0 -> 1.
+
+    The conditions of every metric are those of :func:`superalign.compare.score_conditions`:
+    ridge Neuron->Neuron, SAE->Neuron, SAE->SAE, RandSAE->Neuron; every other metric
+    Neuron->Neuron, SAE->SAE, RandSAE->SAE. Soft- and semi-matching of a condition share one pass
+    over the rows.
 
     Args:
       acts: ``neurons`` and ``sae`` (a population per seed, ``[M, units]`` each) and
         ``randsae`` (``[M, latents]``, the control SAE of seed 0).
       n_folds, seed: the folds.
+      metrics: metric names, or a mapping ``name -> f(X, Y, *, n_folds, seed)``
+        (:func:`metric_functions`).
 
-    Soft- and semi-matching of a condition share one pass over the rows
-    (:func:`superalign.soft_and_semi_matching`).
+    Returns:
+      ``{metric: {condition: record}}`` (:func:`score`).
     """
     a, b = 0, 1
-    sources = {"neuron": acts["neurons"], "sae": acts["sae"], "randsae": [acts["randsae"]]}
-    kw = dict(n_folds=n_folds, seed=seed)
-    jobs = [("matching", cond) for cond in MATCHING] + [("ridge", cond) for cond in RIDGE]
-    out: dict = {"soft_matching": {}, "semi_matching": {}, "ridge": {}}
-    with launch.progress_bar("alignment", progress, len(jobs)) as tick:
-        for i, (kind, cond) in enumerate(jobs):
-            src, tgt = cond.split("_")
-            X, Y = sources[src][a], sources[tgt][b]
-            if kind == "matching":
-                soft, semi = superalign.soft_and_semi_matching(X, Y, **kw)
-                out["soft_matching"][cond], out["semi_matching"][cond] = score(soft), score(semi)
-            else:
-                out["ridge"][cond] = score(superalign.ridge_regression(X, Y, **kw))
-            tick(i + 1)
-    return out
+    with launch.progress_bar("alignment", progress) as tick:
+        scores = score_conditions(
+            acts["neurons"][a],
+            acts["neurons"][b],
+            SeedAxis([acts["sae"][a]]),  # one SAE per model: seed axes of length 1
+            SeedAxis([acts["sae"][b]]),
+            acts["randsae"],
+            metrics=metrics,
+            n_folds=n_folds,
+            seed=seed,
+            callback=tick,
+        )
+    return {
+        metric: {
+            cond: score(res[0] if cond in SEED_CONDITIONS else res) for cond, res in conds.items()
+        }
+        for metric, conds in scores.items()
+    }
 
 
 def analyse(cfg, toy_params, acts: dict) -> dict:
@@ -334,7 +387,8 @@ def run_size(
                 _io.save_npy(path, np.asarray(acts[name][i]))
         path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
         _io.save_npy(path, np.asarray(acts["randsae"]))
-    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed, progress=progress)
+    metrics = metric_functions(METRICS, rsa_max_stimuli=cfg.rsa_max_stimuli)
+    kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed, metrics=metrics, progress=progress)
     scores = stage("alignment", alignment, acts, **kw)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0
@@ -389,7 +443,7 @@ def scores_table(label: str, groups: dict, digits: int = 4) -> list[str]:
     cols = ("neuron_neuron", "sae_sae", "randsae_sae", "sae_neuron", "randsae_neuron")
     lines = [f"| {label} | metric | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for group, res in groups.items():
-        for metric in ("soft_matching", "semi_matching", "ridge"):
+        for metric in (m for m in METRICS if m in res):
             cells = []
             for c in cols:
                 r = res[metric].get(c)
@@ -498,11 +552,35 @@ def findings(results: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def deflation(results: dict) -> list[str]:
+    """Per metric and size: Neuron->Neuron -> SAE->SAE (the change), and RandSAE->SAE.
+
+    A metric that rises from neurons to SAE latents, while the untrained control does not, was
+    deflated by how the features are arranged in the units (the paper's claim for matching).
+    """
+    lines = []
+    for metric in METRICS:
+        sizes = {n: r[metric] for n, r in results["sizes"].items() if metric in r}
+        if not sizes:
+            continue
+        cells = []
+        for n, r in sizes.items():
+            nn, ss = r["neuron_neuron"]["mean"], r["sae_sae"]["mean"]
+            cell = f"N={n}: {nn:.3f} -> {ss:.3f} ({ss - nn:+.3f})"
+            if "randsae_sae" in r:
+                cell += f", RandSAE {r['randsae_sae']['mean']:.3f}"
+            cells.append(cell)
+        lines.append(f"  {metric}: " + "; ".join(cells))
+    return lines
+
+
 def summary(results: dict) -> str:
-    """The scores table and the paper's six toy findings."""
+    """The scores table, the paper's six toy findings, and which metrics SAEs raise."""
     lines = [summary_table(results), "", "The paper's toy findings (PROTOCOL.md):"]
     for claim, holds, numbers in findings(results):
         lines.append(f"  [{'yes' if holds else 'NO '}] {claim}: {numbers}")
+    lines += ["", "Neuron->Neuron -> SAE->SAE per metric (which metrics superposition deflates):"]
+    lines += deflation(results)
     return "\n".join(lines)
 
 
