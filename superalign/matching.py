@@ -22,6 +22,7 @@ plan achieves.
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import partial
 from typing import Literal, NamedTuple
@@ -442,7 +443,7 @@ def exact_plan(train: np.ndarray) -> np.ndarray:
         plan[rows, cols] = 1.0 / na
         return plan
     try:
-        import ot
+        ot = import_pot()
     except ImportError as err:  # POT is an optional dependency (extra "exact")
         raise ImportError(
             "soft_matching(solver='exact') with unequal sizes needs POT: "
@@ -537,9 +538,23 @@ def _check_solver(solver):
         raise ValueError(f"solver must be 'auto', 'exact' or 'sinkhorn', got {solver!r}")
 
 
+def import_pot():
+    """POT's ``ot`` module, imported with only its numpy backend.
+
+    POT loads a backend for every array library it finds (torch, tensorflow, jax, cupy), which
+    costs seconds and imports tensorflow and torch into the process; superalign hands POT numpy
+    arrays only. The ``POT_BACKEND_DISABLE_*`` variables are set unless the user set them.
+    """
+    for lib in ("PYTORCH", "TENSORFLOW", "JAX", "CUPY"):
+        os.environ.setdefault(f"POT_BACKEND_DISABLE_{lib}", "1")
+    import ot
+
+    return ot
+
+
 def _has_pot() -> bool:
     try:
-        import ot  # noqa: F401
+        import_pot()
     except ImportError:
         return False
     return True

@@ -1,6 +1,6 @@
 """Cross-validated ridge regression score (paper section 6).
 
-Per fold (``REFERENCE.md``, "Alignment protocol"): train X and Y columns centred and scaled to
+Per fold (``PROTOCOL.md``, "Alignment protocol"): train X and Y columns centred and scaled to
 unit norm with train statistics; one SVD of the train X; every alpha at once by broadcasting;
 alpha chosen by efficient leave-one-out on the train fold with one alpha shared by all targets
 (scikit-learn ``RidgeCV(alphas, fit_intercept=False)``'s default: the mean squared LOO error over

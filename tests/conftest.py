@@ -47,6 +47,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# POT (imported by tests and by the library's exact solver) would otherwise load its torch and
+# tensorflow backends in every process, seconds each; the library and the tests pass it numpy
+# arrays only. Set before any test module imports ot; subprocesses inherit it.
+for _lib in ("PYTORCH", "TENSORFLOW", "JAX", "CUPY"):
+    os.environ.setdefault(f"POT_BACKEND_DISABLE_{_lib}", "1")
+
 # Executes a notebook with nbclient as the tests did in-process, and writes the executed notebook.
 NOTEBOOK_RUNNER = """
 import sys

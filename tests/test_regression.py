@@ -3,30 +3,11 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.linear_model import RidgeCV
+from references import sklearn_ridge_loop
 from sklearn.model_selection import KFold
 
 import superalign
 from superalign import folds, regression
-
-
-def _standardize(a):
-    a = a - a.mean(0)
-    return a / np.linalg.norm(a, axis=0)
-
-
-def _sklearn_loop(X, Y, alphas, n_folds=5, seed=0):
-    """Per fold: chosen alpha and mean test Pearson r of RidgeCV(alphas, fit_intercept=False)."""
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    chosen, scores = [], []
-    for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(X):
-        model = RidgeCV(alphas=alphas, fit_intercept=False)
-        model.fit(_standardize(X[train]), _standardize(Y[train]))
-        pred = model.predict(_standardize(X[test]))
-        r = [np.corrcoef(pred[:, j], Y[test, j])[0, 1] for j in range(Y.shape[1])]
-        chosen.append(model.alpha_)
-        scores.append(np.mean(r))
-    return np.array(chosen), np.array(scores)
 
 
 def _latent_data(m, na, nb, seed, noise_y=2.0, collinear=True):
@@ -55,7 +36,7 @@ def test_ridge_matches_sklearn_ridgecv(m, na, nb, noise_y, seed, collinear):
     X, Y = _latent_data(m, na, nb, seed, noise_y, collinear)
     alphas = regression.DEFAULT_ALPHAS
     result = superalign.ridge_regression(X, Y)
-    chosen, scores = _sklearn_loop(X, Y, alphas)
+    chosen, scores = sklearn_ridge_loop(X, Y, alphas)
     np.testing.assert_array_equal(result.alpha, chosen)
     np.testing.assert_allclose(result.folds, scores, atol=1e-4)
     assert result.mean == pytest.approx(scores.mean(), abs=1e-4)
@@ -70,7 +51,9 @@ def test_ridge_drops_dead_units_and_matches_sklearn():
     result = superalign.ridge_regression(X, Y, seed=1, alphas=[1e-2, 1.0, 1e2])
     np.testing.assert_array_equal(result.dead_x, [4])
     np.testing.assert_array_equal(result.dead_y, [2])
-    chosen, scores = _sklearn_loop(np.delete(X, 4, 1), np.delete(Y, 2, 1), [1e-2, 1.0, 1e2], seed=1)
+    chosen, scores = sklearn_ridge_loop(
+        np.delete(X, 4, 1), np.delete(Y, 2, 1), [1e-2, 1.0, 1e2], seed=1
+    )
     np.testing.assert_array_equal(result.alpha, chosen)
     np.testing.assert_allclose(result.folds, scores, atol=1e-4)
 
@@ -113,7 +96,7 @@ def test_streamed_ridge_with_dead_units_matches_sklearn():
     result = superalign.ridge_regression(X, Y, seed=1)
     np.testing.assert_array_equal(result.dead_x, [4])
     np.testing.assert_array_equal(result.dead_y, [2])
-    chosen, scores = _sklearn_loop(
+    chosen, scores = sklearn_ridge_loop(
         np.delete(X, 4, 1), np.delete(Y, 2, 1), regression.DEFAULT_ALPHAS, seed=1
     )
     np.testing.assert_array_equal(result.alpha, chosen)
@@ -240,7 +223,7 @@ def test_square_ridge_uses_low_rank_weights_and_matches_sklearn(square_pair, mon
         assert len(ranks) == 10 and ranks[::2] == [0] * 5 and min(ranks[1::2]) >= 8
     else:
         assert len(ranks) == 5 and max(ranks) < 16  # every fold once, truncated
-    chosen, scores = _sklearn_loop(X, Y, alphas)
+    chosen, scores = sklearn_ridge_loop(X, Y, alphas)
     np.testing.assert_array_equal(result.alpha, chosen)
     np.testing.assert_allclose(result.folds, scores, atol=1e-6)
     p = folds.prepare(X, Y, 5, 0)
@@ -259,6 +242,6 @@ def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
     ranks = _record_grams(monkeypatch)
     result = superalign.ridge_regression(X, Y)
     assert len(ranks) == 5
-    chosen, scores = _sklearn_loop(X, Y, regression.DEFAULT_ALPHAS)
+    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
     np.testing.assert_array_equal(result.alpha, chosen)
     np.testing.assert_allclose(result.folds, scores, atol=1e-6)

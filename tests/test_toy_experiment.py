@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from experiment_checks import ROOT, check_alignment, check_figures, command, command_job
-from test_regression import _sklearn_loop
+from references import sklearn_ridge_loop
 
 import superalign
 from experiments import _io, launch, toy_models
@@ -78,7 +78,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
         r = res["ridge"][cond]
         X = np.delete(np.load(acts / f"N4_{src}_seed0.npy"), r["dead_x"], axis=1)
         Y = np.delete(np.load(acts / f"N4_{tgt}_seed1.npy"), r["dead_y"], axis=1)
-        chosen, scores = _sklearn_loop(X, Y, 10.0 ** np.arange(-8, 9), n_folds=3)
+        chosen, scores = sklearn_ridge_loop(X, Y, 10.0 ** np.arange(-8, 9), n_folds=3)
         np.testing.assert_array_equal(r["alpha"], chosen)
         np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
@@ -201,7 +201,7 @@ def _check_quick_outputs(out: Path) -> None:
                 r = res["ridge"][cond]
                 X, Y = pair(cond)
                 X, Y = np.delete(X, r["dead_x"], axis=1), np.delete(Y, r["dead_y"], axis=1)
-                chosen, scores = _sklearn_loop(X, Y, 10.0 ** np.arange(-8, 9))
+                chosen, scores = sklearn_ridge_loop(X, Y, 10.0 ** np.arange(-8, 9))
                 np.testing.assert_array_equal(r["alpha"], chosen)
                 np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
