@@ -212,7 +212,13 @@ def _compare_configs(args):
 
 
 def part_compare(args) -> dict:
+    import logging
+
     from experiments import _io, seed_sweep, toy_models
+
+    # The experiments' stage times (launch.Stages) in the log, as their command lines show them.
+    logging.basicConfig(format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("experiments").setLevel(logging.INFO)
 
     single_cfg, sweep_cfg, settings = _compare_configs(args)
     pairs = sweep_cfg.n_pairs
