@@ -39,6 +39,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -232,6 +233,12 @@ def parser(module) -> argparse.ArgumentParser:
     return ap
 
 
+def single_process() -> bool:
+    """Whether this run has one process (JAX not started counts as one)."""
+    jax = sys.modules.get("jax")
+    return jax is None or not jax.distributed.is_initialized()
+
+
 def join_processes(args) -> bool:
     """``sharding.initialize`` when the flags ask for several processes; is this process 0?"""
     given = (args.coordinator, args.num_processes, args.process_id)
@@ -262,7 +269,16 @@ def main(module, argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/{short}" + ("" if args.config == "paper" else f"_{args.config}"))
     flags = {flag: getattr(args, flag) for flag in getattr(module, "FLAGS", {})}
     t0 = time.perf_counter()
-    results = module.run(config, out, progress=not args.no_progress, **flags)
+    try:
+        results = module.run(config, out, progress=not args.no_progress, **flags)
+    except Exception:
+        if not single_process():
+            # At exit JAX waits for every process to shut down: a failed process would hang
+            # there with its peers blocked in their next collective. Exit now; they then fail.
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        raise
     if main_process:
         print(module.summary(results))
         print(f"\nresults: {out}; wall time {time.perf_counter() - t0:.0f} s", flush=True)
