@@ -40,14 +40,13 @@ class ToyConfig:
     train_fraction: float = 0.8  # of the batches, for the SAE split downstream
 
     def __post_init__(self):
-        _checks.positive_int("n_features", self.n_features)
         _checks.positive_int("n_hidden", self.n_hidden)
+        # Checked here under its own name (the dataset calls it ``prob``); the dataset checks
+        # n_features, batch_size, n_steps and train_fraction.
         _checks.probability("feature_prob", self.feature_prob)
-        _checks.positive_int("batch_size", self.batch_size)
-        _checks.positive_int("n_steps", self.n_steps)
+        self.data.validate()
         _checks.positive_float("lr", self.lr)
         _checks.nonnegative_float("weight_decay", self.weight_decay)
-        self.data.validate()
 
     @property
     def data(self) -> feats.DataSpec:
