@@ -588,6 +588,11 @@ def _ms(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _gain_ms(percent: dict) -> str:
+    """A gain in percent, signed: mean ± std across pairs."""
+    return f"{percent['mean']:+.1f} ± {percent['std']:.1f}"
+
+
 def scores_table(results: dict) -> list[str]:
     """Per N, k, metric: every condition's mean ± std across pairs."""
     cols = ("neuron_neuron", "sae_sae", "randsae_sae", "sae_neuron", "randsae_neuron")
@@ -617,10 +622,9 @@ def gains_table(results: dict) -> list[str]:
             g, r = rec["gains"]["soft_matching_sae_sae"], rec["gains"]["ridge_sae_neuron"]
             lines.append(
                 f"| {n} | {k} | {_ms(nn['soft_matching'])} | "
-                f"{_ms(rec['soft_matching']['sae_sae'])} | {g['percent']['mean']:+.1f} ± "
-                f"{g['percent']['std']:.1f} | {g['fraction_positive']:.0%} "
-                f"| {_ms(nn['ridge'])} | {_ms(rec['ridge']['sae_neuron'])} "
-                f"| {r['percent']['mean']:+.1f} ± {r['percent']['std']:.1f} "
+                f"{_ms(rec['soft_matching']['sae_sae'])} | {_gain_ms(g['percent'])} "
+                f"| {g['fraction_positive']:.0%} | {_ms(nn['ridge'])} "
+                f"| {_ms(rec['ridge']['sae_neuron'])} | {_gain_ms(r['percent'])} "
                 f"| {r['fraction_positive']:.0%} |"
             )
     return lines
@@ -637,8 +641,8 @@ def all_gains_table(results: dict) -> list[str]:
             for name, g in rec["gains"].items():
                 p, a = g["percent"], g["absolute"]
                 lines.append(
-                    f"| {n} | {k} | {name} | {p['mean']:+.1f} ± {p['std']:.1f} "
-                    f"| {a['mean']:+.4f} ± {a['std']:.4f} | {p['min']:+.1f} .. {p['max']:+.1f} "
+                    f"| {n} | {k} | {name} | {_gain_ms(p)} | {a['mean']:+.4f} ± {a['std']:.4f} "
+                    f"| {p['min']:+.1f} .. {p['max']:+.1f} "
                     f"| {round(g['fraction_positive'] * len(p['pairs']))} of {len(p['pairs'])} |"
                 )
     return lines

@@ -311,6 +311,11 @@ def run(cfg, out, *, progress=True) -> dict:
     return results
 
 
+def _mean_sem(s: dict) -> str:
+    """A measured score: mean ± standard error over folds."""
+    return f"{s['mean']:.4f} ± {s['sem']:.4f}"
+
+
 def summary(results: dict) -> str:
     """Markdown: closed forms against measured scores, the table, and the sweep."""
     lines = [
@@ -321,9 +326,8 @@ def summary(results: dict) -> str:
     for n, r in results["levels"].items():
         m, c = r["measured"], r["closed_form"]
         lines.append(
-            f"| {n} | {m['permutation']['mean']:.4f} ± {m['permutation']['sem']:.4f} | "
-            f"{c['permutation']:.4f} | {m['ridge_reverse']['mean']:.4f} | "
-            f"{c['ridge_reverse']:.4f} |"
+            f"| {n} | {_mean_sem(m['permutation'])} | {c['permutation']:.4f} | "
+            f"{m['ridge_reverse']['mean']:.4f} | {c['ridge_reverse']:.4f} |"
         )
     lines += [
         "",
@@ -334,8 +338,8 @@ def summary(results: dict) -> str:
     for r in results["patterns"].values():
         m = r["measured"]["permutation"]
         lines.append(
-            f"| {r['group']} | {r['shift']} | {r['overlap']:.3f} | {m['mean']:.4f} ± "
-            f"{m['sem']:.4f} | {r['closed_form']['permutation']:.4f} |"
+            f"| {r['group']} | {r['shift']} | {r['overlap']:.3f} | {_mean_sem(m)} | "
+            f"{r['closed_form']['permutation']:.4f} |"
         )
     lines += [
         "",
@@ -347,10 +351,7 @@ def summary(results: dict) -> str:
     rows += [(f"2. g = {r['group']}, s = {r['shift']}", r) for r in results["patterns"].values()]
     for name, r in rows:
         m, c = r["measured"], r["closed_form"]
-        cells = [
-            f"{m[k]['mean']:.4f} ± {m[k]['sem']:.4f} ({c[k]:.4f})"
-            for k in ("cka", "cka_debiased", "rotation")
-        ]
+        cells = [f"{_mean_sem(m[k])} ({c[k]:.4f})" for k in ("cka", "cka_debiased", "rotation")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
