@@ -20,6 +20,8 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
   result is what it returns.
 
 Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
+A job is identified by its ``spec`` function: modules that list the same function (imported from
+``experiment_checks``) share one run of it.
 
 The subprocesses of one session share one persistent JAX compilation cache (a session folder in
 ``JAX_COMPILATION_CACHE_DIR``, every program kept), so repeated runs of the same tiny config
@@ -90,17 +92,18 @@ class _Entry:
 
 class Background:
     def __init__(self):
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._entries: dict = {}  # spec -> _Entry
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="background-jobs", daemon=True)
 
     def add(self, module: str, name: str, spec, factory) -> None:
-        if (module, name) not in self._entries:
+        if spec not in self._entries:
             entry = _Entry(*spec(factory))
-            entry.after = [(module, n) for n in entry.after]
-            self._entries[module, name] = entry
+            jobs = sys.modules[module].BACKGROUND
+            entry.after = [jobs[n] for n in entry.after]
+            self._entries[spec] = entry
 
     def start(self) -> None:
         self._queue = list(self._entries.values())
@@ -110,7 +113,7 @@ class Background:
     def result(self, module: str, name: str, spec, factory):
         """``(info, result)`` of a job, run here if no one started it yet."""
         self.add(module, name, spec, factory)
-        entry = self._entries[module, name]
+        entry = self._entries[spec]
         if self._claim(entry):
             self._run(entry)
         entry.done.wait()

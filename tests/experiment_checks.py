@@ -24,6 +24,34 @@ def command_job(module: str, folder: str, *args):
     return spec
 
 
+def job_fixture(name: str, spec):
+    """A fixture ``name`` for background job ``spec``: ``(info, printed output)`` of its run.
+
+    The test module also lists the job in its ``BACKGROUND`` under the same name, so that it
+    starts with the session (see conftest.py).
+    """
+
+    @pytest.fixture(name=name)
+    def fixture(request, background, tmp_path_factory):
+        return background.stdout(request.module.__name__, name, spec, tmp_path_factory)
+
+    return fixture
+
+
+# The tiny preset of the toy experiment at two sizes, 400 steps in checkpointed segments of 40
+# (so that a run can be killed inside a stage), saving its activations: 80 held-out batches of
+# 64 rows, so each of 3 folds tests about 1,707 stimuli and RSA subsamples them to
+# rsa_max_stimuli = 1,000. One run of it serves test_toy_experiment and test_toy_metrics.
+TINY_TOY_ARGS = (
+    "--config",
+    "tiny",
+    "--config.sizes=(4, 8)",
+    "--config.toy.n_steps=400",
+    "--config.segment_steps=40",
+)
+tiny_toy_job = command_job("toy_models", "tiny_toy", *TINY_TOY_ARGS, "--save-activations")
+
+
 def check_figures(folder: Path, stems) -> None:
     """Every figure was written as a PNG and a PDF of some substance."""
     for stem in stems:

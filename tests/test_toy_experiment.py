@@ -1,15 +1,22 @@
-"""The toy experiment end to end on a tiny config, including a SIGKILL and resume."""
+"""The toy experiment end to end on the tiny preset at two sizes, including a SIGKILL and resume."""
 
 import json
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from experiment_checks import ROOT, check_alignment, check_figures, command, command_job
+from experiment_checks import (
+    ROOT,
+    TINY_TOY_ARGS,
+    check_alignment,
+    check_figures,
+    command,
+    job_fixture,
+    tiny_toy_job,
+)
 from references import sklearn_ridge_loop
 
 import superalign
@@ -23,13 +30,10 @@ FIGURES = (
     "figure7_top_semimatching",
 )
 
-# F = 16, N = 4, batches of 64, SAEs of 16 latents with k = 3, 3 folds (the tiny preset).
-TINY = ["--config", "tiny"]
-
 
 def _run(out, *extra):
     return subprocess.run(
-        command("toy_models", "--out", out, *TINY, *extra),
+        command("toy_models", "--out", out, *TINY_TOY_ARGS, *extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,55 +42,79 @@ def _run(out, *extra):
 
 
 def _scores(results):
-    res = results["sizes"]["4"]
     return {
-        (metric, cond): res[metric][cond]["folds"]
-        for metric in ("soft_matching", "semi_matching", "ridge")
+        (n, metric, cond): res[metric][cond]["folds"]
+        for n, res in results["sizes"].items()
+        for metric in toy_models.METRICS
         for cond in res[metric]
     }
 
 
-def test_killed_run_resumes_to_identical_results(tmp_path):
-    steps = ["--config.toy.n_steps=400", "--config.segment_steps=10"]
-    whole = tmp_path / "whole"
-    proc = _run(whole, *steps, "--save-activations")
-    assert "soft_matching" in proc.stdout  # the summary table
-    results = json.loads((whole / "results.json").read_text())
+# The tiny preset at N = 4 and 8 from the command line (F = 16, batches of 64, SAEs of 16 latents
+# with k = 3, 3 folds), shared with test_toy_metrics; it runs in the background from the start
+# of the session and its tests run last (see conftest.py).
+BACKGROUND = {"tiny_toy": tiny_toy_job}
+tiny_toy = job_fixture("tiny_toy", tiny_toy_job)
 
-    # Layout and content of results.json.
-    assert results["config"]["sizes"] == [4] and results["config"]["toy"]["n_steps"] == 400
-    assert "jax" in results["versions"]
-    res = results["sizes"]["4"]
-    check_alignment(res, n_folds=3)
-    assert len(res["arrangement_best_match"]) == 4
-    assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == 16
-    check_figures(whole / "figures", FIGURES)
 
-    # The scores agree with the exact LP and a plain scikit-learn RidgeCV loop on the activations.
-    acts = whole / "activations"
-    for cond, (src, tgt) in {
-        "neuron_neuron": ("neurons", "neurons"),
-        "sae_sae": ("sae", "sae"),
-    }.items():
-        X, Y = np.load(acts / f"N4_{src}_seed0.npy"), np.load(acts / f"N4_{tgt}_seed1.npy")
-        exact = superalign.soft_matching(X, Y, n_folds=3, solver="exact")
-        np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
-    for cond, (src, tgt) in {
-        "neuron_neuron": ("neurons", "neurons"),
-        "sae_neuron": ("sae", "neurons"),
-    }.items():
-        r = res["ridge"][cond]
-        X = np.delete(np.load(acts / f"N4_{src}_seed0.npy"), r["dead_x"], axis=1)
-        Y = np.delete(np.load(acts / f"N4_{tgt}_seed1.npy"), r["dead_y"], axis=1)
-        chosen, scores = sklearn_ridge_loop(X, Y, 10.0 ** np.arange(-8, 9), n_folds=3)
-        np.testing.assert_array_equal(r["alpha"], chosen)
-        np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
+def test_tiny_run_end_to_end(tiny_toy):
+    """Every output of a run exists, and its scores equal the independent references."""
+    out, stdout = tiny_toy
+    assert "soft_matching" in stdout  # the summary table
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"] == json.loads((out / "config.json").read_text())
+    cfg = launch.apply_overrides(configs.get_config("tiny"), list(TINY_TOY_ARGS[2:]))
+    assert results["config"]["sizes"] == [4, 8] and results["config"]["toy"]["n_steps"] == 400
+    assert {"python", "jax", "ott-jax", "numpy"} <= set(results["versions"])
+    check_figures(out / "figures", FIGURES)
+    acts = out / "activations"
+    n_rows = round(cfg.toy.n_steps * (1 - cfg.toy.train_fraction)) * cfg.toy.batch_size
+    assert sorted(results["sizes"]) == sorted(str(n) for n in cfg.sizes)
+    for n in cfg.sizes:
+        res = results["sizes"][str(n)]
+        assert (out / "sizes" / f"N{n}.json").exists()
+        check_alignment(res, cfg.n_folds)
+        shared = res["shared_features"]  # indices of the features both models represent
+        assert 0 < len(shared) <= cfg.toy.n_features and len(set(shared)) == len(shared)
+        assert len(res["arrangement_best_match"]) == n
+        assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == cfg.toy.n_features
+        pops = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
+        shapes = {"neurons": n, "sae": cfg.sae.n_latents, "randsae": cfg.sae.n_latents}
+        for pop, width in shapes.items():
+            for seed in (0,) if pop == "randsae" else cfg.seeds:
+                assert np.load(acts / f"N{n}_{pop}_seed{seed}.npy", mmap_mode="r").shape == (
+                    n_rows,
+                    width,
+                )
 
+        def pair(cond, n=n, pops=pops):
+            src, tgt = cond.split("_")
+            return (
+                np.load(acts / f"N{n}_{pops[src]}_seed0.npy"),
+                np.load(acts / f"N{n}_{pops[tgt]}_seed1.npy"),
+            )
+
+        # Soft-matching: every condition against the exact LP on the saved activations.
+        for cond in toy_models.MATCHING:
+            exact = superalign.soft_matching(*pair(cond), n_folds=cfg.n_folds, solver="exact")
+            np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
+        # Ridge: every condition against a plain scikit-learn RidgeCV loop on the activations.
+        for cond in toy_models.RIDGE:
+            r = res["ridge"][cond]
+            X, Y = pair(cond)
+            X, Y = np.delete(X, r["dead_x"], axis=1), np.delete(Y, r["dead_y"], axis=1)
+            chosen, scores = sklearn_ridge_loop(X, Y, 10.0 ** np.arange(-8, 9), n_folds=cfg.n_folds)
+            np.testing.assert_array_equal(r["alpha"], chosen)
+            np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
+
+
+def test_killed_run_resumes_to_identical_results(tiny_toy, tmp_path):
+    results = json.loads((tiny_toy[0] / "results.json").read_text())
     # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
     killed = tmp_path / "killed"
-    cmd = command("toy_models", "--out", killed, *TINY, *steps)
+    cmd = command("toy_models", "--out", killed, *TINY_TOY_ARGS)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sae_ckpt = killed / "checkpoints" / "sae_N4"
+    sae_ckpt = killed / "checkpoints" / "sae_N4-8"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
@@ -96,14 +124,21 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists()
-    _run(killed, *steps)
+    _run(killed)
     resumed = json.loads((killed / "results.json").read_text())
     assert _scores(resumed) == _scores(results)
 
     # A finished stage is reused: a third call recomputes nothing and gives the same file.
     before = (killed / "sizes" / "N4.json").stat().st_mtime_ns
-    _run(killed, *steps)
+    _run(killed)
     assert (killed / "sizes" / "N4.json").stat().st_mtime_ns == before
+
+
+def test_every_preset_is_valid():
+    for name, preset in configs.PRESETS.items():
+        cfg = preset()
+        cfg.validate()
+        assert cfg.toy.batch_size == cfg.sae.batch_size, name
 
 
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
@@ -152,75 +187,3 @@ def test_streamed_recovery_equals_full_arrays():
         moments.add(z[lo : lo + 700].astype(np.float32), units[lo : lo + 700].astype(np.float32))
     expected = superalign.feature_recovery(z, units)
     np.testing.assert_allclose(moments.best_correlations(), expected, rtol=1e-4, atol=1e-5)
-
-
-def _check_quick_outputs(out: Path) -> None:
-    """Every output of the quick preset exists, and its scores equal the independent references."""
-    cfg = configs.quick()
-    results = json.loads((out / "results.json").read_text())
-    assert results["config"] == json.loads((out / "config.json").read_text())
-    assert results["config"]["toy"]["n_steps"] == cfg.toy.n_steps
-    assert {"python", "jax", "ott-jax", "numpy"} <= set(results["versions"])
-    check_figures(out / "figures", FIGURES)
-    acts = out / "activations"
-    n_rows = round(cfg.toy.n_steps * (1 - cfg.toy.train_fraction)) * cfg.toy.batch_size
-    assert sorted(results["sizes"]) == sorted(str(n) for n in cfg.sizes)
-    for n in cfg.sizes:
-        res = results["sizes"][str(n)]
-        assert (out / "sizes" / f"N{n}.json").exists()
-        check_alignment(res, cfg.n_folds)
-        shared = res["shared_features"]  # indices of the features both models represent
-        assert 0 < len(shared) <= cfg.toy.n_features and len(set(shared)) == len(shared)
-        assert len(res["arrangement_best_match"]) == n
-        assert len(res["recovery"]["neurons"]) == len(res["recovery"]["sae"]) == cfg.toy.n_features
-        pops = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
-        shapes = {"neurons": n, "sae": cfg.sae.n_latents, "randsae": cfg.sae.n_latents}
-        for pop, width in shapes.items():
-            for seed in (0,) if pop == "randsae" else cfg.seeds:
-                assert np.load(acts / f"N{n}_{pop}_seed{seed}.npy", mmap_mode="r").shape == (
-                    n_rows,
-                    width,
-                )
-
-        def pair(cond, n=n, pops=pops):
-            src, tgt = cond.split("_")
-            return (
-                np.load(acts / f"N{n}_{pops[src]}_seed0.npy"),
-                np.load(acts / f"N{n}_{pops[tgt]}_seed1.npy"),
-            )
-
-        # Soft-matching: every condition against the exact LP on the saved activations.
-        for cond in toy_models.MATCHING:
-            exact = superalign.soft_matching(*pair(cond), solver="exact")
-            np.testing.assert_allclose(res["soft_matching"][cond]["folds"], exact.folds, atol=1e-3)
-        # Ridge: against a plain scikit-learn RidgeCV loop. To keep CI fast, only at the smallest
-        # size and for the conditions with neuron targets (float64 leave-one-out over 64 SAE
-        # targets would dominate the suite; SAE->SAE runs the same code path).
-        if n == min(cfg.sizes):
-            for cond in ("neuron_neuron", "sae_neuron", "randsae_neuron"):
-                r = res["ridge"][cond]
-                X, Y = pair(cond)
-                X, Y = np.delete(X, r["dead_x"], axis=1), np.delete(Y, r["dead_y"], axis=1)
-                chosen, scores = sklearn_ridge_loop(X, Y, 10.0 ** np.arange(-8, 9))
-                np.testing.assert_array_equal(r["alpha"], chosen)
-                np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
-
-
-_quick_job = command_job("toy_models", "quick", "--config", "quick", "--save-activations")
-
-
-# The quick preset runs in the background from the start of the session; its test runs last
-# (see conftest.py).
-BACKGROUND = {"quick_run": _quick_job}
-
-
-@pytest.fixture
-def quick_run(background, tmp_path_factory):
-    """``(out folder, stdout)`` of the quick preset's command-line run."""
-    return background.stdout(__name__, "quick_run", _quick_job, tmp_path_factory)
-
-
-def test_quick_preset_end_to_end(quick_run):
-    out, stdout = quick_run
-    assert "Neuron->Neuron" in stdout or "neuron_neuron" in stdout
-    _check_quick_outputs(out)

@@ -8,7 +8,6 @@ activations, and the figure of which metrics superposition deflates. The theory 
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -16,7 +15,7 @@ import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from experiment_checks import check_figures, check_record
+from experiment_checks import check_figures, check_record, job_fixture, tiny_toy_job
 
 import superalign
 from experiments import theory as theory_experiment
@@ -32,71 +31,56 @@ NEW_METRICS = {
 }
 POPULATIONS = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
 
-# The tiny preset with the settings of test_toy_experiment's runs (the same compiled programs,
-# shared through the session's compilation cache): 80 held-out batches of 64 rows, so each of
-# the 3 folds tests about 1,707 stimuli and RSA subsamples them to rsa_max_stimuli = 1,000.
-TOY_ARGS = ("--config", "tiny", "--config.toy.n_steps=400", "--config.segment_steps=10")
+# The tiny preset at two sizes, shared with test_toy_experiment (see experiment_checks.py); it
+# runs in the background from the start of the session and the tests that need it run last.
+BACKGROUND = {"tiny_toy": tiny_toy_job}
+tiny_toy = job_fixture("tiny_toy", tiny_toy_job)
 
 
-def _toy_job(factory):
-    out = factory.mktemp("toy_metrics") / "run"
-    args = [sys.executable, "-m", "experiments.toy_models", "--out", str(out), *TOY_ARGS]
-    return out, dict(args=[*args, "--save-activations", "--no-progress"], cwd=ROOT)
-
-
-# Runs in the background from the start of the session; the tests that need it run last.
-BACKGROUND = {"toy_run": _toy_job}
-
-
-@pytest.fixture
-def toy_run(background, tmp_path_factory):
-    """``(out folder, stdout)`` of the tiny toy run with saved activations."""
-    return background.stdout(__name__, "toy_run", _toy_job, tmp_path_factory)
-
-
-def test_toy_results_hold_every_metric_equal_to_direct_calls(toy_run):
-    out, stdout = toy_run
+def test_toy_results_hold_every_metric_equal_to_direct_calls(tiny_toy):
+    out, stdout = tiny_toy
     results = json.loads((out / "results.json").read_text())
     cfg = results["config"]
     assert cfg["rsa_max_stimuli"] == 1_000
     n_folds, seed = cfg["n_folds"], cfg["fold_seed"]
-    (n,) = cfg["sizes"]
-    res = results["sizes"][str(n)]
-    assert set(toy_models.METRICS) <= set(res)
+    assert len(cfg["sizes"]) == 2
     acts = out / "activations"
+    for n in cfg["sizes"]:
+        res = results["sizes"][str(n)]
+        assert set(toy_models.METRICS) <= set(res)
 
-    def load(pop, seed):
-        return np.load(acts / f"N{n}_{POPULATIONS[pop]}_seed{seed}.npy")
+        def load(pop, seed, n=n):
+            return np.load(acts / f"N{n}_{POPULATIONS[pop]}_seed{seed}.npy")
 
-    for metric, fn in NEW_METRICS.items():
-        # The matching conditions, no others (the conditions of superalign.compare).
-        assert sorted(res[metric]) == sorted(toy_models.MATCHING), metric
-        for cond in toy_models.MATCHING:
-            record = res[metric][cond]
-            check_record(record, n_folds)
-            src, tgt = cond.split("_")
-            X, Y = load(src, cfg["seeds"][0]), load(tgt, cfg["seeds"][1])
-            kw = dict(n_folds=n_folds, seed=seed)
-            if metric == "rsa":
-                kw["max_stimuli"] = cfg["rsa_max_stimuli"]
-            direct = fn(X, Y, **kw)
-            # The same compiled computation on the same float32 values.
-            np.testing.assert_allclose(record["folds"], direct.folds, rtol=0, atol=1e-6)
-            np.testing.assert_array_equal(record["dead_x"], direct.dead_x)
-            np.testing.assert_array_equal(record["dead_y"], direct.dead_y)
-            if metric == "rsa":  # every fold's test part (about 1,707 rows) was subsampled
-                assert record["n_stimuli"] == [cfg["rsa_max_stimuli"]] * n_folds
-                np.testing.assert_array_equal(record["n_stimuli"], direct.n_stimuli)
-    # The summary's table shows the new metrics.
-    for metric in NEW_METRICS:
-        assert f"| {n} | {metric} |" in stdout
+        for metric, fn in NEW_METRICS.items():
+            # The matching conditions, no others (the conditions of superalign.compare).
+            assert sorted(res[metric]) == sorted(toy_models.MATCHING), metric
+            for cond in toy_models.MATCHING:
+                record = res[metric][cond]
+                check_record(record, n_folds)
+                src, tgt = cond.split("_")
+                X, Y = load(src, cfg["seeds"][0]), load(tgt, cfg["seeds"][1])
+                kw = dict(n_folds=n_folds, seed=seed)
+                if metric == "rsa":
+                    kw["max_stimuli"] = cfg["rsa_max_stimuli"]
+                direct = fn(X, Y, **kw)
+                # The same compiled computation on the same float32 values.
+                np.testing.assert_allclose(record["folds"], direct.folds, rtol=0, atol=1e-6)
+                np.testing.assert_array_equal(record["dead_x"], direct.dead_x)
+                np.testing.assert_array_equal(record["dead_y"], direct.dead_y)
+                if metric == "rsa":  # every fold's test part (about 1,707 rows) was subsampled
+                    assert record["n_stimuli"] == [cfg["rsa_max_stimuli"]] * n_folds
+                    np.testing.assert_array_equal(record["n_stimuli"], direct.n_stimuli)
+        # The summary's table shows the new metrics.
+        for metric in NEW_METRICS:
+            assert f"| {n} | {metric} |" in stdout
 
 
-def test_toy_deflation_figure_shows_every_metric(toy_run):
-    out, _ = toy_run
+def test_toy_deflation_figure_shows_every_metric(tiny_toy):
+    out, _ = tiny_toy
     check_figures(out / "figures", ["metrics_deflation"])
     results = json.loads((out / "results.json").read_text())
-    res = results["sizes"][str(results["config"]["sizes"][0])]
+    sizes = [results["sizes"][str(n)] for n in results["config"]["sizes"]]
     fig = toy_figures.deflation_figure(results)
     try:
         axes = [ax for ax in fig.axes if ax.get_visible()]
@@ -109,12 +93,13 @@ def test_toy_deflation_figure_shows_every_metric(toy_run):
             "rotation score",
         ]
         for ax, metric in zip(axes, toy_figures.DEFLATION_METRICS, strict=True):
-            # One size: one bar per condition, Neuron->Neuron, SAE->SAE, RandSAE->SAE (ridge has
-            # no RandSAE->SAE), each as high as the fold mean in results.json.
-            conds = [c for c in toy_figures.DEFLATION_CONDITIONS if c in res[metric]]
+            # Per condition, Neuron->Neuron, SAE->SAE, RandSAE->SAE (ridge has no RandSAE->SAE),
+            # one bar per size, each as high as the fold mean in results.json.
+            conds = [c for c in toy_figures.DEFLATION_CONDITIONS if c in sizes[0][metric]]
             bars = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
             heights = [b.get_height() for b in bars]
-            np.testing.assert_allclose(heights, [res[metric][c]["mean"] for c in conds])
+            means = [res[metric][c]["mean"] for c in conds for res in sizes]
+            np.testing.assert_allclose(heights, means)
             assert len(conds) == (2 if metric == "ridge" else 3)
     finally:
         plt.close(fig)
