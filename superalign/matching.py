@@ -22,17 +22,16 @@ plan achieves.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from functools import partial
+from types import SimpleNamespace
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import acceleration, sinkhorn
 
 from superalign import _checks
 from superalign import folds as _folds
@@ -240,19 +239,35 @@ class SinkhornConfig(NamedTuple):
     lse_mode: bool = False
 
 
-@jax.tree_util.register_pytree_node_class
-class _KernelGeometry(geometry.Geometry):
-    """A geometry given by its kernel matrix, applied with one matrix-vector product.
+@functools.cache
+def _ott() -> SimpleNamespace:
+    """ott-jax's Sinkhorn pieces, imported on first use: importing ott-jax takes about 2 s, which
+    ``import superalign`` (and every run that scores with the exact solver only) would pay."""
+    from ott.geometry import geometry
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import acceleration, sinkhorn
 
-    ott-jax 0.6's ``Geometry.apply_kernel`` raises the kernel to the power ``epsilon / eps``
-    on every call (an elementwise power over the whole matrix, about 15 times the cost of the
-    product itself on a CPU); here the epsilon is fixed, so the kernel is used as it is.
-    """
+    @jax.tree_util.register_pytree_node_class
+    class KernelGeometry(geometry.Geometry):
+        """A geometry given by its kernel matrix, applied with one matrix-vector product.
 
-    def apply_kernel(self, vec, eps=None, axis=0):
-        del eps  # fixed epsilon: no rescaling of the kernel
-        kernel = self._kernel_matrix
-        return kernel @ vec if axis == 1 else vec @ kernel
+        ott-jax 0.6's ``Geometry.apply_kernel`` raises the kernel to the power ``epsilon / eps``
+        on every call (an elementwise power over the whole matrix, about 15 times the cost of the
+        product itself on a CPU); here the epsilon is fixed, so the kernel is used as it is.
+        """
+
+        def apply_kernel(self, vec, eps=None, axis=0):
+            del eps  # fixed epsilon: no rescaling of the kernel
+            kernel = self._kernel_matrix
+            return kernel @ vec if axis == 1 else vec @ kernel
+
+    return SimpleNamespace(
+        Geometry=geometry.Geometry,
+        KernelGeometry=KernelGeometry,
+        LinearProblem=linear_problem.LinearProblem,
+        Momentum=acceleration.Momentum,
+        Sinkhorn=sinkhorn.Sinkhorn,
+    )
 
 
 # solver="auto": the exact solver up to this many live units per side (python -m
@@ -294,9 +309,10 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
     rel = np.maximum(cfg.ratio ** np.arange(n_stages), cfg.epsilon)
     thresholds = np.full(n_stages, cfg.stage_threshold)
     thresholds[-1] = cfg.threshold
+    ott = _ott()
     kwargs = {"lse_mode": cfg.lse_mode}
     if cfg.momentum_start:
-        kwargs["momentum"] = acceleration.Momentum(start=cfg.momentum_start)
+        kwargs["momentum"] = ott.Momentum(start=cfg.momentum_start)
     big = jnp.asarray(jnp.finfo(cost.dtype).max, cost.dtype)
 
     def absorbed(f, g, df, dg):
@@ -312,11 +328,11 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
         col = jnp.where(b_live > 0, reduced.min(0), 0.0)
         reduced = reduced - col[None, :]
         kernel = jnp.where(live, jnp.exp(-reduced / eps), 0.0)
-        geom = _KernelGeometry(kernel_matrix=kernel, epsilon=eps)
-        solver = sinkhorn.Sinkhorn(
+        geom = ott.KernelGeometry(kernel_matrix=kernel, epsilon=eps)
+        solver = ott.Sinkhorn(
             threshold=threshold, max_iterations=min(_ABSORB_EVERY, cfg.max_iterations), **kwargs
         )
-        out = solver(linear_problem.LinearProblem(geom, a, b))
+        out = solver(ott.LinearProblem(geom, a, b))
         f, g = absorbed(f, g, row + out.f, col + out.g)
         return f, g, n_iters + out.n_iters, out.converged
 
@@ -324,11 +340,9 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
         f, g = potentials
         eps, threshold = schedule
         if cfg.lse_mode:
-            solver = sinkhorn.Sinkhorn(
-                threshold=threshold, max_iterations=cfg.max_iterations, **kwargs
-            )
-            geom = geometry.Geometry(cost_matrix=jnp.where(live, cost, 0.0), epsilon=eps)
-            out = solver(linear_problem.LinearProblem(geom, a, b), init=(f, g))
+            solver = ott.Sinkhorn(threshold=threshold, max_iterations=cfg.max_iterations, **kwargs)
+            geom = ott.Geometry(cost_matrix=jnp.where(live, cost, 0.0), epsilon=eps)
+            out = solver(ott.LinearProblem(geom, a, b), init=(f, g))
             f, g = absorbed(f, g, out.f - f, out.g - g)
             return (f, g), (out.n_iters, out.converged)
         # The scalings are folded back into the potentials every _ABSORB_EVERY iterations, so
