@@ -16,8 +16,8 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
   (kernel working directory ``cwd``) with the notebooks' tiny settings
   (``SUPERALIGN_NOTEBOOK_TINY=1``, the repository on ``PYTHONPATH``; figures shown inline as in
   Jupyter), written to ``out``; the result as for ``args``;
-- ``dict(call=...)``: a function of no arguments (it starts and watches subprocesses itself); the
-  result is what it returns.
+- ``dict(call=...)``: a function (it starts and watches subprocesses itself) of the
+  ``(info, result)`` of each of its ``after`` jobs, in order; the result is what it returns.
 
 Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
 A job is identified by its ``spec`` function: modules that list the same function (imported from
@@ -102,6 +102,8 @@ class Background:
         if spec not in self._entries:
             entry = _Entry(*spec(factory))
             jobs = sys.modules[module].BACKGROUND
+            for n in entry.after:  # the jobs it waits for come first in the queue
+                self.add(module, n, jobs[n], factory)
             entry.after = [jobs[n] for n in entry.after]
             self._entries[spec] = entry
 
@@ -155,10 +157,13 @@ class Background:
     def _run(self, entry) -> None:
         try:
             for key in entry.after:
-                if key in self._entries:
-                    self._entries[key].done.wait()
+                first = self._entries[key]
+                if self._claim(first):
+                    self._run(first)
+                first.done.wait()
             if "call" in entry.job:
-                entry.result = entry.job["call"]()
+                done = [self._entries[key] for key in entry.after]
+                entry.result = entry.job["call"](*((e.info, e.result) for e in done))
             else:
                 entry.result = self._subprocess(**entry.job)
         except BaseException as err:  # handed to the test that asks for the result

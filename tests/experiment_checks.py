@@ -1,5 +1,6 @@
 """What the experiment tests share: their command lines, and checks of figures and scores."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,12 +15,19 @@ def command(module: str, *args) -> list[str]:
     return [sys.executable, "-m", f"experiments.{module}", *map(str, args), "--no-progress"]
 
 
-def command_job(module: str, folder: str, *args):
-    """A background job (see conftest.py): the experiment run into ``<new folder>/run``."""
+def devices_env(n: int) -> dict:
+    """The environment of a process that sees ``n`` simulated CPU devices."""
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+
+
+def command_job(module: str, folder: str, *args, devices: int | None = None):
+    """A background job (see conftest.py): the experiment run into ``<new folder>/run``, on
+    ``devices`` simulated CPU devices if given."""
 
     def spec(factory):
         out = factory.mktemp(folder) / "run"
-        return out, dict(args=command(module, "--out", out, *args), cwd=ROOT)
+        job = dict(args=command(module, "--out", out, *args), cwd=ROOT)
+        return out, job if devices is None else dict(job, env=devices_env(devices))
 
     return spec
 
@@ -79,3 +87,10 @@ def check_alignment(scores: dict, n_folds: int) -> None:
         assert sorted(scores[metric]) == sorted(conds)
         for cond in conds:
             check_record(scores[metric][cond], n_folds)
+
+
+# The tiny seed sweep (two pairs at N = 4, k in {2, 3}) on 4 simulated CPU devices, its SAE
+# training checkpointed every 80 steps: test_seed_sweep checks it end to end, and
+# test_distributed resumes it over two processes.
+TINY_SWEEP_ARGS = ("--config", "tiny", "--config.segment_steps=80")
+tiny_sweep_job = command_job("seed_sweep", "tiny_sweep", *TINY_SWEEP_ARGS, devices=4)

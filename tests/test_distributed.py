@@ -1,9 +1,8 @@
 """The seed sweep over two processes (2 simulated CPU devices each, coordinated over 127.0.0.1)
-equals the same sweep in one process with 4 devices, score for score, and resumes from a
-checkpoint that the single process wrote."""
+equals the same sweep in one process with 4 devices (the tiny sweep of test_seed_sweep), score
+for score, and resumes from a checkpoint that the single process wrote."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from experiment_checks import ROOT, command
+from experiment_checks import ROOT, TINY_SWEEP_ARGS, command, devices_env, tiny_sweep_job
 
 from experiments import launch, seed_sweep
 from superalign.compare import conditions_of
@@ -23,10 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def run_processes(commands, env, timeout=TIMEOUT) -> list[dict]:
@@ -67,32 +62,32 @@ def run_processes(commands, env, timeout=TIMEOUT) -> list[dict]:
 
 
 def _sweep(out, *args) -> list[str]:
-    return command(
-        "seed_sweep", "--config", "tiny", "--config.segment_steps=80", "--out", out, *args
-    )
+    return command("seed_sweep", *TINY_SWEEP_ARGS, "--out", out, *args)
 
 
 def _two_process_job(factory):
-    """One 4-device run, then two 2-device processes resuming its SAE training from step 80."""
+    """Two 2-device processes resuming the 4-device tiny sweep's SAE training from step 80."""
     folder = factory.mktemp("distributed")
 
-    def job():
-        single, shared = folder / "single", folder / "shared"
-        [one] = run_processes([_sweep(single)], _env(4))
+    def job(single_run):
+        single, proc = single_run
+        one = dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
         if one["returncode"] != 0:
             return {"single": one}
         # The same folder, cut back to the checkpoint after 80 of 160 SAE steps.
+        shared = folder / "shared"
         shutil.copytree(single, shared)
+        shutil.copy(shared / "results.json", folder / "single_results.json")
         shutil.rmtree(shared / "sizes")
         (shared / "results.json").unlink()
         shutil.rmtree(shared / "checkpoints" / "sae_N4" / "160")
         port = _free_port()
         started = time.time()
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id"]
-        two = run_processes([_sweep(shared, *flags, i) for i in (0, 1)], _env(2))
+        two = run_processes([_sweep(shared, *flags, i) for i in (0, 1)], devices_env(2))
         return {"single": one, "two": two, "folder": folder, "started": started}
 
-    return folder, dict(call=job)
+    return folder, dict(call=job, after=("tiny_sweep",))
 
 
 def _fails_fast_job(factory):
@@ -108,7 +103,7 @@ def _fails_fast_job(factory):
                 _sweep(out / "a", *flags, "--process-id", "0"),
                 _sweep(out / "b", *flags, "--process-id", "1", *bad),
             ],
-            _env(2),
+            devices_env(2),
             timeout=240,
         )
         return procs, time.monotonic() - t0
@@ -116,7 +111,11 @@ def _fails_fast_job(factory):
     return out, dict(call=job)
 
 
-BACKGROUND = {"two_processes": _two_process_job, "fails_fast": _fails_fast_job}
+BACKGROUND = {
+    "tiny_sweep": tiny_sweep_job,  # the single process (see experiment_checks.py)
+    "two_processes": _two_process_job,
+    "fails_fast": _fails_fast_job,
+}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +148,7 @@ def test_two_processes_exit_cleanly_and_only_process_0_reports(two_processes):
 
 def test_every_score_equals_one_process_with_four_devices(two_processes):
     folder = two_processes["folder"]
-    single = json.loads((folder / "single" / "results.json").read_text())
+    single = json.loads((folder / "single_results.json").read_text())
     two = json.loads((folder / "shared" / "results.json").read_text())
     assert len(single["devices"]) == len(two["devices"]) == 4
     assert (single["processes"], two["processes"]) == (1, 2)

@@ -2,11 +2,12 @@
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
-from experiment_checks import check_figures, command_job
+from experiment_checks import TINY_SWEEP_ARGS, check_figures, job_fixture, tiny_sweep_job
 
 import superalign
 from experiments import launch, seed_sweep
@@ -76,24 +77,18 @@ def test_spread_and_gain():
     assert g["fraction_positive"] == 0.5
 
 
-# The tiny preset (two pairs at N = 4, k in {2, 3}) from the command line: seed_sweep.run, then
-# its summary table.
-_tiny_sweep_job = command_job("seed_sweep", "tiny_sweep", "--config", "tiny")
+# The tiny sweep from the command line (shared with test_distributed, see experiment_checks.py):
+# seed_sweep.run, then its summary table. It runs in the background with the session; its test
+# runs last (see conftest.py).
+BACKGROUND = {"tiny_sweep": tiny_sweep_job}
+tiny_sweep = job_fixture("tiny_sweep", tiny_sweep_job)
 
 
-# The sweep runs in the background with the session; its test runs last (see conftest.py).
-BACKGROUND = {"tiny_sweep": _tiny_sweep_job}
-
-
-@pytest.fixture
-def tiny_sweep(background, tmp_path_factory):
-    """``(out, printed summary table)`` of the tiny sweep."""
-    return background.stdout(__name__, "tiny_sweep", _tiny_sweep_job, tmp_path_factory)
-
-
-def test_tiny_sweep_end_to_end(tiny_sweep):
-    tmp_path, printed = tiny_sweep
-    cfg = configs.get_config("tiny")
+def test_tiny_sweep_end_to_end(tiny_sweep, tmp_path):
+    out, printed = tiny_sweep
+    cfg = launch.apply_overrides(configs.get_config("tiny"), list(TINY_SWEEP_ARGS[2:]))
+    tmp_path = tmp_path / "copy"  # the run's folder is shared with test_distributed
+    shutil.copytree(out, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"]["n_pairs"] == 2 and "jax" in on_disk["versions"]
     assert on_disk["heldout_rows"] == 40 * 64
