@@ -17,11 +17,14 @@ Three paths give the same folds: tall X (train rows at least 8 times the units) 
 over row blocks; X with more train rows than units and at least half as many targets as units
 (SAE-sized pairs) takes the streamed factorisation with the LOO sums through a few weighted Gram
 matrices (see the section comment of :func:`_lowrank_loo`); the rest, and any X whose condition
-number exceeds 1e3, gathers every fold and uses LAPACK's SVD.
+number exceeds 1e3, gathers every fold and uses LAPACK's SVD. The streamed paths' float64 host
+algebra (one eigendecomposition per fold) runs one fold per core on single-threaded BLAS.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -29,6 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from superalign import folds as _folds
+
+try:  # installed with scikit-learn; without it the host algebra runs on one thread
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 DEFAULT_ALPHAS = 10.0 ** np.arange(-8, 9)
 """The paper's sweep: 10^-8 ... 10^8, 17 values."""
@@ -414,9 +422,19 @@ def _loo_rows(X, Y, live_x, live_y, idx, m, mean_x, w, mean_y, scale_y, b, alpha
     return tuple(a.reshape(-1, *a.shape[2:]) for a in out)
 
 
+def _column_blocks(p: int) -> list[tuple[int, int]]:
+    """Column ranges of at most 8 blocks (at least 256 wide) for the block-triangular Grams."""
+    width = max(256, -(-p // 8))
+    return [(lo, min(p, lo + width)) for lo in range(0, p, width)]
+
+
 @jax.jit
 def _weighted_grams(u, phi):
-    """[R, p, p]: ``U^T diag(phi_r) U`` for the columns of ``phi`` [n, R], over row blocks."""
+    """[R, p, p]: ``U^T diag(phi_r) U`` for the columns of ``phi`` [n, R], over row blocks.
+
+    The products are symmetric: only the blocks on and above the diagonal of a grid of at most
+    8 x 8 column blocks are formed (9/16 of the multiply-adds at 8 blocks), then mirrored.
+    """
     n, p = u.shape
     r = phi.shape[1]
     rows = min(n, max(8, (1 << 23) // (r * p)))
@@ -425,14 +443,22 @@ def _weighted_grams(u, phi):
     pad = n_blocks * rows - n
     ub = jnp.pad(u, ((0, pad), (0, 0))).reshape(n_blocks, rows, p)
     fb = jnp.pad(phi, ((0, pad), (0, 0))).reshape(n_blocks, rows, r)
+    cols = _column_blocks(p)
 
     def step(acc, block):
         x, f = block
-        lhs = (f[:, :, None] * x[:, None, :]).reshape(rows, r * p)
-        return acc + lhs.T @ x, None
+        out = []
+        for a, (lo, hi) in zip(acc, cols, strict=True):
+            rhs = (f[:, :, None] * x[:, None, lo:hi]).reshape(rows, r * (hi - lo))
+            out.append(a + x[:, :hi].T @ rhs)  # [hi, R * width]: column block lo:hi, rows 0:hi
+        return tuple(out), None
 
-    acc, _ = jax.lax.scan(step, jnp.zeros((r * p, p), u.dtype), (ub, fb))
-    return acc.reshape(r, p, p)
+    zero = tuple(jnp.zeros((hi, r * (hi - lo)), u.dtype) for lo, hi in cols)
+    acc, _ = jax.lax.scan(step, zero, (ub, fb))
+    upper = jnp.zeros((r, p, p), u.dtype)
+    for a, (lo, hi) in zip(acc, cols, strict=True):
+        upper = upper.at[:, :hi, lo:hi].set(a.reshape(hi, r, hi - lo).transpose(1, 0, 2))
+    return jnp.triu(upper) + jnp.swapaxes(jnp.triu(upper, 1), 1, 2)
 
 
 def _quad_forms(mp, c, d):
@@ -440,12 +466,12 @@ def _quad_forms(mp, c, d):
     return np.einsum("ap,ap->a", c @ mp, d)
 
 
-def _lowrank_loo(rows, b, s, alphas):
+def _lowrank_loo(rows, m, s, alphas):
     """``(base, delta)`` of one fold's LOO sums (as :func:`_loo_block` sums them) from
-    :func:`_loo_rows`' output, with the quadratic part through weighted Gram matrices."""
+    :func:`_loo_rows`' output, with the quadratic part through weighted Gram matrices;
+    ``m`` [p, p] is ``b b^T`` (float64)."""
     u, e0, de, rho, l0, dl = rows
     e0, de, rho, l0, dl = (np.asarray(a, np.float64) for a in (e0, de, rho, l0, dl))
-    b = np.asarray(b, np.float64)
     s2 = np.asarray(s, np.float64) ** 2
     c = alphas[:, None] / (s2[None, :] + alphas[:, None])  # [A, p]
     c0 = c[0]
@@ -456,7 +482,6 @@ def _lowrank_loo(rows, b, s, alphas):
     q0 = rho + 2.0 * l0
     base = (w0 * q0).sum()
     delta = (dw * (q0[:, None] + 2.0 * dl)).sum(0) + 2.0 * (w0[:, None] * dl).sum(0)
-    m = b @ b.T
     total_q = (c * c) @ np.diag(m)  # [A] sum_i |(U C_a b)_i|^2
     lower = base + delta + (1.0 / (e * e)).min(0) * total_q  # a lower bound of each LOO sum
 
@@ -530,6 +555,82 @@ def _embed(a, shape, fill=0.0):
     return out
 
 
+def _host_map(fn, n: int):
+    """``[fn(0), ..., fn(n - 1)]``, or None as soon as one of them is None.
+
+    The folds' float64 host algebra (eigendecompositions and products of [p, p] matrices) is
+    independent across folds. It runs fold by fold on up to one thread per core, each BLAS or
+    LAPACK call on a single thread: a multi-threaded OpenBLAS ``eigh`` of a 2,048 x 2,048 matrix
+    synchronises its threads thousands of times, and on a machine shared with other processes
+    it took anywhere from 1.3 s to 22 s, where the single-threaded one takes 2 s every time.
+    Without ``threadpoolctl`` the calls run one after another with BLAS's own threads.
+    """
+    if threadpool_limits is None:
+        out = []
+        for k in range(n):
+            out.append(fn(k))
+            if out[-1] is None:
+                return None
+        return out
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, min(n, cores or 1))) as pool:
+        futures = [pool.submit(fn, k) for k in range(n)]
+        out = []
+        for f in futures:
+            out.append(f.result())
+            if out[-1] is None:  # the caller falls back: drop the folds not started yet
+                for g in futures:
+                    g.cancel()
+                return None
+        return out
+
+
+class _FoldFactors(NamedTuple):
+    """One fold's host algebra: the constants of its passes, V^T, its train row count, and
+    ``M = b b^T`` (weighted-Gram path only)."""
+
+    consts: _StreamedFold
+    vt: np.ndarray
+    n_train: float
+    m: np.ndarray | None
+
+
+def _factor_fold(m: _folds.FoldMoments, keep, k, lowrank):
+    """Fold ``k``'s train statistics pooled from the parts ``keep``, the factorisation of its
+    standardised X and ``b = U^T Y_std`` (float64); None if X_std's condition number exceeds
+    _MAX_COND or its Gram matrix is not positive definite."""
+    w, mean_x, dx = _pool(m.count, m.mean_x, k)
+    _, mean_y, dy = _pool(m.count, m.mean_y, k)
+    gxx = m.gram_x[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dx)
+    gxy = m.cross[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dy)
+    ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
+    sx = np.sqrt(np.diag(gxx))
+    scale_y = 1.0 / np.sqrt(ssy)
+    if lowrank:  # X_std = U S V^T from the eigendecomposition of its Gram matrix
+        lam, v = np.linalg.eigh(gxx / np.outer(sx, sx))
+        lam, v = lam[::-1], v[:, ::-1]
+        if not (lam[-1] > 0 and lam[0] <= _MAX_COND**2 * lam[-1]):
+            return None
+        s = np.sqrt(lam)
+        w1 = v / s[None, :] / sx[:, None]
+        b = w1.T @ (gxy * scale_y[None, :])
+        return _FoldFactors(
+            _StreamedFold(mean_x, w1, None, mean_y, scale_y, b, s), v.T, w.sum(), b @ b.T
+        )
+    try:
+        r = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
+    except np.linalg.LinAlgError:
+        return None
+    if not np.isfinite(r).all():
+        return None
+    ur, s, vt = _svd_of_r(r)
+    if not (s[-1] > 0 and s[0] / s[-1] <= _MAX_COND):
+        return None
+    w1 = _inv_upper(r) / sx[:, None]
+    b = (w1 @ ur).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
+    return _FoldFactors(_StreamedFold(mean_x, w1, ur, mean_y, scale_y, b, s), vt, w.sum(), None)
+
+
 @_folds.full_precision
 def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
@@ -562,72 +663,40 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     dtype = X.dtype
     sq_x, sq_xy = (width_x, width_x), (width_x, width_y)
 
-    # Train statistics, the Cholesky factor and its SVD for every fold (host, float64).
-    consts, vts, n_train = [], [], []
-    for k in range(n_folds):
-        w, mean_x, dx = _pool(m.count, m.mean_x, k)
-        _, mean_y, dy = _pool(m.count, m.mean_y, k)
-        keep = others[k]
-        gxx = m.gram_x[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dx)
-        gxy = m.cross[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dy)
-        ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
-        sx = np.sqrt(np.diag(gxx))
-        if lowrank:  # X_std = U S V^T from the eigendecomposition of its Gram matrix
-            lam, v = np.linalg.eigh(gxx / np.outer(sx, sx))
-            lam, v = lam[::-1], v[:, ::-1]
-            if not (lam[-1] > 0 and lam[0] <= _MAX_COND**2 * lam[-1]):
-                return None
-            s = np.sqrt(lam)
-            w1 = v / s[None, :] / sx[:, None]
-            scale_y = 1.0 / np.sqrt(ssy)
-            b = w1.T @ (gxy * scale_y[None, :])
-            consts.append(_StreamedFold(mean_x, w1, None, mean_y, scale_y, b, s))
-            vts.append(v.T)
-            n_train.append(w.sum())
-            continue
-        try:
-            r = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
-        except np.linalg.LinAlgError:
-            return None
-        if not np.isfinite(r).all():
-            return None
-        ur, s, vt = _svd_of_r(r)
-        if not (s[-1] > 0 and s[0] / s[-1] <= _MAX_COND):
-            return None
-        w1 = _inv_upper(r) / sx[:, None]
-        scale_y = 1.0 / np.sqrt(ssy)
-        b = (w1 @ ur).T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
-        consts.append(_StreamedFold(mean_x, w1, ur, mean_y, scale_y, b, s))
-        vts.append(vt)
-        n_train.append(w.sum())
+    # Train statistics, the factorisation and U^T Y_std of every fold (host, float64).
+    factors = _host_map(lambda k: _factor_fold(m, others[k], k, lowrank), n_folds)
+    if factors is None:
+        return None
+    consts = [f.consts for f in factors]
     if lowrank:
-        base, delta = _lowrank_pass(X, Y, lx, ly, index, mask, others, consts, alphas, sq_x, sq_xy)
-    padded = [
-        _StreamedFold(
-            _embed(c.mean_x, width_x),
-            _embed(c.w1, sq_x),
-            _embed(c.w2 if c.w2 is not None else 0.0, sq_x),
-            _embed(c.mean_y, width_y),
-            _embed(c.scale_y, width_y),
-            _embed(c.b, sq_xy),
-            _embed(c.s, width_x, fill=1.0),
-        )
-        for c in consts
-    ]
-    stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
-    alphas_d = jnp.asarray(alphas, dtype)
-    if not lowrank:
+        base, delta = _lowrank_pass(X, Y, lx, ly, index, mask, others, factors, alphas, sq_x, sq_xy)
+    else:
+        padded = [
+            _StreamedFold(
+                _embed(c.mean_x, width_x),
+                _embed(c.w1, sq_x),
+                _embed(c.w2, sq_x),
+                _embed(c.mean_y, width_y),
+                _embed(c.scale_y, width_y),
+                _embed(c.b, sq_xy),
+                _embed(c.s, width_x, fill=1.0),
+            )
+            for c in consts
+        ]
+        stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
+        alphas_d = jnp.asarray(alphas, dtype)
         base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
-    n_train = np.array(n_train, dtype)
+    n_train = np.array([f.n_train for f in factors], dtype)
     delta = np.asarray(delta)
     best = np.argmin(delta, axis=1)
     loo = (np.asarray(base)[:, None] + delta) / (n_train[:, None] * t)
 
     # Coefficients (float64) and the test Pearson r of every target.
-    coef = []
-    for k, (c, vt) in enumerate(zip(consts, vts, strict=True)):
-        a = alphas[best[k]]
-        coef.append(_embed(vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b), sq_xy))
+    def coefficients(k):
+        c, a = consts[k], alphas[best[k]]
+        return _embed(factors[k].vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b), sq_xy)
+
+    coef = _host_map(coefficients, n_folds)
     with np.errstate(divide="ignore"):
         scale_x = np.where(full_ss_x > 0, 1.0 / np.sqrt(full_ss_x), 0.0)
     sums = np.asarray(
@@ -654,12 +723,13 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     return r.mean(1), best, loo, r
 
 
-def _lowrank_pass(X, Y, lx, ly, index, mask, others, consts, alphas, sq_x, sq_xy):
+def _lowrank_pass(X, Y, lx, ly, index, mask, others, factors, alphas, sq_x, sq_xy):
     """[K] and [K, A]: each fold's LOO sums by :func:`_loo_rows` and :func:`_lowrank_loo`."""
     dtype = X.dtype
     width_x, width_y = sq_xy
     bases, deltas = [], []
-    for k, c in enumerate(consts):
+    for k, f in enumerate(factors):
+        c = f.consts
         b = _embed(c.b, sq_xy)
         s = _embed(c.s, width_x, fill=1.0)
         rows = _loo_rows(
@@ -677,7 +747,7 @@ def _lowrank_pass(X, Y, lx, ly, index, mask, others, consts, alphas, sq_x, sq_xy
             jnp.asarray(alphas, dtype),
             jnp.asarray(s, dtype),
         )
-        base, delta = _lowrank_loo(rows, b, s, alphas)
+        base, delta = _lowrank_loo(rows, _embed(f.m, sq_x), s, alphas)
         bases.append(base)
         deltas.append(delta)
     return np.array(bases), np.array(deltas)
