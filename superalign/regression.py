@@ -385,7 +385,7 @@ def _test_pass(X, Y, live_x, live_y, index, mask, mean_x, scale_x, coef, mean_y)
 # Expanding the square, every part but the quadratic one, sum_i w_i(a) |(U C_a b)_i|^2, costs
 # O(n p) per alpha once ``Y_perp`` and ``g = U * (Y_perp b^T)`` are known. The quadratic part is
 # ``c_a^T (M * (U^T diag(w(a)) U)) c_a`` with ``M = b b^T``: O(n p^2) per alpha. But the 17
-# weight vectors w(a) span few directions (ranks of 4 to 6 reach 1e-6 of every alpha's weights
+# weight vectors w(a) span few directions (ranks of 4 to 6 reach 1e-6 of every alpha's LOO sum
 # on SAE-like data): with ``w(a) - w(a0) ~ sum_r psi_r(a) phi_r`` only ``1 + R`` weighted Gram
 # matrices are needed, and the truncation error of alpha a is at most
 # ``max_i |err_i(a)| * sum_i |(U C_a b)_i|^2 = max_i |err_i(a)| * sum_k c_k(a)^2 M_kk``
@@ -485,21 +485,31 @@ def _lowrank_loo(rows, m, s, alphas):
     total_q = (c * c) @ np.diag(m)  # [A] sum_i |(U C_a b)_i|^2
     lower = base + delta + (1.0 / (e * e)).min(0) * total_q  # a lower bound of each LOO sum
 
-    # Rank of the weight changes (columns scaled to unit max: relative accuracy per alpha).
-    scale = np.abs(dw).max(0)
-    scale[scale == 0] = 1.0
-    phi, sv, psi = np.linalg.svd(dw / scale, full_matrices=False)
-    full = int((sv > sv[0] * 1e-12).sum()) if sv[0] > 0 else 0
+    # The weight changes in two bases. Exact: columns scaled to unit max, all of their numerical
+    # rank. Truncated: columns in units of each alpha's LOO sum over its quadratic part, where
+    # the SVD's leading directions are those the error bounds need (one Gram matrix fewer than
+    # unit-max columns at 2,048 units: the small alphas' changes, whose quadratic part is
+    # negligible, no longer take directions of their own).
+    unit = np.abs(dw).max(0)
+    unit[unit == 0] = 1.0
+    exact = (*np.linalg.svd(dw / unit, full_matrices=False), unit)
+    full = int((exact[1] > exact[1][0] * 1e-12).sum()) if exact[1][0] > 0 else 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.maximum(lower, 0.0) / total_q
+    rel = np.where(np.isfinite(rel) & (rel > 0), rel, unit)
+    truncated = (*np.linalg.svd(dw / rel, full_matrices=False), rel)
+    phi, sv, psi, _ = truncated
     err = np.empty((full + 1, len(alphas)))
-    resid = dw / scale
+    resid = dw / rel
     for r in range(full + 1):
-        err[r] = np.abs(resid).max(0) * scale * total_q
+        err[r] = np.abs(resid).max(0) * rel * total_q
         if r < full:
             resid = resid - np.outer(phi[:, r] * sv[r], psi[r])
     ok = (err <= _LOWRANK_RTOL * np.maximum(lower, 0.0)[None, :]).all(1)
     rank = int(np.argmax(ok)) if ok.any() else full
 
-    def sums(rank):
+    def sums(rank, basis):
+        phi, sv, psi, scale = basis
         basis = np.concatenate([w0[:, None], phi[:, :rank]], axis=1)
         grams = _weighted_grams(u, jnp.asarray(basis, u.dtype))
         mp = m * np.asarray(grams[0], np.float64)
@@ -511,13 +521,15 @@ def _lowrank_loo(rows, m, s, alphas):
             dquad = dquad + coef[:, r] * _quad_forms(mp, c, c)
         return base + quad0, delta + dquad
 
-    tot_base, tot_delta = sums(rank)
+    if not ok.any():
+        return sums(full, exact)
+    tot_base, tot_delta = sums(rank, truncated)
     bound = err[rank]
     best = int(np.argmin(tot_delta))
     others = np.arange(len(alphas)) != best
     certain = (tot_delta[best] + bound[best] < (tot_delta - bound)[others]).all()
     if rank < full and not certain:
-        tot_base, tot_delta = sums(full)
+        tot_base, tot_delta = sums(full, exact)
     return tot_base, tot_delta
 
 

@@ -282,7 +282,9 @@ def test_square_ridge_float32_eigh_matches_float64_and_sklearn(monkeypatch):
     assert dtypes == [np.float32] * 5
     monkeypatch.setattr(regression, "_F32_EIGH_COND", 0.0)  # every fold in float64
     ref = superalign.ridge_regression(X, Y)
-    assert dtypes[5:] == [np.float32, np.float64] * 5
+    assert (
+        sorted(map(str, dtypes[5:])) == ["float32"] * 5 + ["float64"] * 5
+    )  # folds run side by side
     np.testing.assert_array_equal(result.alpha, ref.alpha)
     np.testing.assert_allclose(result.loo_error, ref.loo_error, rtol=1e-6)
     np.testing.assert_allclose(result.folds, ref.folds, atol=1e-7)
