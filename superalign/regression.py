@@ -627,14 +627,16 @@ class _FoldFactors(NamedTuple):
     m: np.ndarray | None
 
 
-def _factor_fold(m: _folds.FoldMoments, keep, k, lowrank):
-    """Fold ``k``'s train statistics pooled from the parts ``keep``, the factorisation of its
-    standardised X and ``b = U^T Y_std`` (float64); None if X_std's condition number exceeds
-    _MAX_COND or its Gram matrix is not positive definite."""
+def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
+    """Fold ``k``'s train statistics pooled from the parts ``keep`` (``totals``: the sums of
+    ``m.gram_x`` and ``m.cross`` over all parts), the factorisation of its standardised X and
+    ``b = U^T Y_std`` (float64, see :func:`_gram_eigh`); None if X_std's condition number
+    exceeds _MAX_COND or its Gram matrix is not positive definite."""
     w, mean_x, dx = _pool(m.count, m.mean_x, k)
     _, mean_y, dy = _pool(m.count, m.mean_y, k)
-    gxx = m.gram_x[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dx)
-    gxy = m.cross[keep].sum(0) + np.einsum("j,ja,jb->ab", w, dx, dy)
+    dxw = dx * w[:, None]
+    gxx = (totals[0] - m.gram_x[k]) + dxw.T @ dx
+    gxy = (totals[1] - m.cross[k]) + dxw.T @ dy
     ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
     sx = np.sqrt(np.diag(gxx))
     scale_y = 1.0 / np.sqrt(ssy)
@@ -695,7 +697,8 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     sq_x, sq_xy = (width_x, width_x), (width_x, width_y)
 
     # Train statistics, the factorisation and U^T Y_std of every fold (host, float64).
-    factors = _host_map(lambda k: _factor_fold(m, others[k], k, lowrank), n_folds)
+    totals = (m.gram_x.sum(0), m.cross.sum(0))
+    factors = _host_map(lambda k: _factor_fold(m, totals, others[k], k, lowrank), n_folds)
     if factors is None:
         return None
     consts = [f.consts for f in factors]
