@@ -597,26 +597,6 @@ def _host_map(fn, n: int):
         return out
 
 
-_F32_EIGH_COND = 1e2
-
-
-def _gram_eigh(g):
-    """Eigenvalues (descending) and eigenvectors of a float64 Gram matrix ``g`` [p, p].
-
-    LAPACK's float32 ``eigh`` takes half the time of the float64 one (0.95 s against 1.9 s at
-    2,048, single-threaded: the tridiagonal reduction reads the matrix once per column). Its
-    eigenvalues carry absolute errors of about float32 eps times the largest, so it is kept
-    only when the eigenvalue ratio (the squared condition number of X_std) is at most
-    _F32_EIGH_COND = 100; there the leave-one-out errors and test scores agree with the float64
-    decomposition's to about 1e-7 and 1e-8 (they still did at ratios of 1.7e4 on synthetic
-    spectra). Above it, or with a non-positive eigenvalue, the float64 ``eigh`` is used.
-    """
-    lam, v = np.linalg.eigh(g.astype(np.float32))
-    if not (lam[0] > 0 and lam[-1] <= _F32_EIGH_COND * lam[0]):
-        lam, v = np.linalg.eigh(g)
-    return lam[::-1].astype(np.float64), v[:, ::-1].astype(np.float64)
-
-
 class _FoldFactors(NamedTuple):
     """One fold's host algebra: the constants of its passes, V^T, its train row count, and
     ``M = b b^T`` (weighted-Gram path only)."""
@@ -630,8 +610,12 @@ class _FoldFactors(NamedTuple):
 def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
     """Fold ``k``'s train statistics pooled from the parts ``keep`` (``totals``: the sums of
     ``m.gram_x`` and ``m.cross`` over all parts), the factorisation of its standardised X and
-    ``b = U^T Y_std`` (float64, see :func:`_gram_eigh`); None if X_std's condition number
-    exceeds _MAX_COND or its Gram matrix is not positive definite."""
+    ``b = U^T Y_std`` (float64); None if X_std's condition number exceeds _MAX_COND or its Gram
+    matrix is not positive definite.
+
+    The eigendecomposition stays in float64: LAPACK's float32 one takes half the time, but its
+    eigenvectors are orthogonal only to about 1e-6, and a nearly noiseless target's LOO curve
+    (flat to 1e-7 at small alphas) then no longer picks scikit-learn's alpha."""
     w, mean_x, dx = _pool(m.count, m.mean_x, k)
     _, mean_y, dy = _pool(m.count, m.mean_y, k)
     dxw = dx * w[:, None]
@@ -641,7 +625,8 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
     sx = np.sqrt(np.diag(gxx))
     scale_y = 1.0 / np.sqrt(ssy)
     if lowrank:  # X_std = U S V^T from the eigendecomposition of its Gram matrix
-        lam, v = _gram_eigh(gxx / np.outer(sx, sx))
+        lam, v = np.linalg.eigh(gxx / np.outer(sx, sx))
+        lam, v = lam[::-1], v[:, ::-1]  # descending
         if not (lam[-1] > 0 and lam[0] <= _MAX_COND**2 * lam[-1]):
             return None
         s = np.sqrt(lam)

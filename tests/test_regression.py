@@ -260,34 +260,3 @@ def test_weighted_grams_match_float64_over_column_blocks():
     bound = 300 * 1.2e-7 * np.einsum("nr,np,nq->rpq", np.abs(phi64), np.abs(u64), np.abs(u64))
     assert (np.abs(out - ref) <= bound).all()
     np.testing.assert_array_equal(out, np.swapaxes(out, 1, 2))
-
-
-def test_square_ridge_float32_eigh_matches_float64_and_sklearn(monkeypatch):
-    """Well-conditioned X (eigenvalue ratio of X_std's Gram about 5, below the gate of 100):
-    float32 eigendecompositions, the same alphas as scikit-learn, and the float64
-    decompositions' LOO errors and scores."""
-    rng = np.random.default_rng(13)
-    X = rng.standard_normal((500, 60))
-    Y = X @ rng.standard_normal((60, 40)) / 8 + rng.standard_normal((500, 40))
-    X, Y = X.astype(np.float32), Y.astype(np.float32)
-    dtypes = []
-    eigh = np.linalg.eigh
-
-    def spy(a):
-        dtypes.append(a.dtype)
-        return eigh(a)
-
-    monkeypatch.setattr(np.linalg, "eigh", spy)
-    result = superalign.ridge_regression(X, Y)
-    assert dtypes == [np.float32] * 5
-    monkeypatch.setattr(regression, "_F32_EIGH_COND", 0.0)  # every fold in float64
-    ref = superalign.ridge_regression(X, Y)
-    assert (
-        sorted(map(str, dtypes[5:])) == ["float32"] * 5 + ["float64"] * 5
-    )  # folds run side by side
-    np.testing.assert_array_equal(result.alpha, ref.alpha)
-    np.testing.assert_allclose(result.loo_error, ref.loo_error, rtol=1e-6)
-    np.testing.assert_allclose(result.folds, ref.folds, atol=1e-7)
-    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
-    np.testing.assert_array_equal(result.alpha, chosen)
-    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
