@@ -247,16 +247,20 @@ def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
     np.testing.assert_allclose(result.folds, scores, atol=1e-6)
 
 
-def test_weighted_grams_match_float64_over_column_blocks():
+@pytest.mark.parametrize("row_blocks", [False, True])
+def test_weighted_grams_match_float64_over_column_blocks(monkeypatch, row_blocks):
     """The weighted Gram matrices, formed block-triangularly (300 columns: blocks of 256 and 44)
-    and mirrored, against float64 numpy; rows padded to the row blocks."""
+    and mirrored, against float64 numpy; in one product, or over row blocks of 8 (rows padded)."""
+    if row_blocks:
+        monkeypatch.setattr(regression, "_GRAM_BLOCK_ELEMENTS", 8 * 3 * 256)
+    n = 301 if row_blocks else 300  # a new shape: traced again with the limit set
     rng = np.random.default_rng(11)
-    u = rng.standard_normal((300, 300)).astype(np.float32)
-    phi = rng.standard_normal((300, 3)).astype(np.float32)
+    u = rng.standard_normal((n, 300)).astype(np.float32)
+    phi = rng.standard_normal((n, 3)).astype(np.float32)
     out = np.asarray(regression._weighted_grams(jnp.asarray(u), jnp.asarray(phi)), np.float64)
     u64, phi64 = u.astype(np.float64), phi.astype(np.float64)
     ref = np.einsum("nr,np,nq->rpq", phi64, u64, u64)
-    # float32 sums of 300 terms: error below 300 * eps32 of the sum of their magnitudes
-    bound = 300 * 1.2e-7 * np.einsum("nr,np,nq->rpq", np.abs(phi64), np.abs(u64), np.abs(u64))
+    # float32 sums of n terms: error below n * eps32 of the sum of their magnitudes
+    bound = n * 1.2e-7 * np.einsum("nr,np,nq->rpq", np.abs(phi64), np.abs(u64), np.abs(u64))
     assert (np.abs(out - ref) <= bound).all()
     np.testing.assert_array_equal(out, np.swapaxes(out, 1, 2))
