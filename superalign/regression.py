@@ -18,11 +18,13 @@ over row blocks; X with more train rows than units and at least half as many tar
 (SAE-sized pairs) takes the streamed factorisation with the LOO sums through a few weighted Gram
 matrices (see the section comment of :func:`_lowrank_loo`); the rest, and any X whose condition
 number exceeds 1e3, gathers every fold and uses LAPACK's SVD. The streamed paths' float64 host
-algebra (one eigendecomposition per fold) runs one fold per core on single-threaded BLAS.
+algebra (one eigendecomposition per fold) runs one fold per core on single-threaded BLAS
+(:func:`_serial_blas`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -467,25 +469,39 @@ def _gram_blocks(u, phi):
     return jax.lax.scan(step, zero, (ub, fb))[0]
 
 
-def _weighted_grams(u, phi) -> np.ndarray:
-    """[R, p, p] float64: ``U^T diag(phi_r) U`` for the columns of ``phi`` [n, R].
+class _GramBlock(NamedTuple):
+    """Columns ``lo:hi``, rows ``0:hi`` of every weighted Gram matrix: ``[R, hi, hi - lo]``."""
+
+    lo: int
+    hi: int
+    block: np.ndarray
+
+
+def _weighted_grams(u, phi) -> list[_GramBlock]:
+    """``U^T diag(phi_r) U`` for the columns of ``phi`` [n, R], as float64 column blocks.
 
     The products are symmetric: only the blocks on and above the diagonal of a grid of at most
-    8 x 8 column blocks are formed (9/16 of the multiply-adds at 8 blocks, :func:`_gram_blocks`)
-    and mirrored on the host, which also keeps the compiled program small (0.4 s to compile at
-    2,048 units where assembling on the device took 2 s).
+    8 x 8 column blocks are formed (9/16 of the multiply-adds at 8 blocks, :func:`_gram_blocks`),
+    and :func:`_quad_forms` reads the lower triangle from them.
     """
     p, r = u.shape[1], phi.shape[1]
-    out = np.zeros((r, p, p))
-    for blk, (lo, hi) in zip(_gram_blocks(u, phi), _column_blocks(p), strict=True):
-        out[:, :hi, lo:hi] = np.asarray(blk, np.float64).reshape(hi, r, hi - lo).transpose(1, 0, 2)
-    upper = np.triu(out)
-    return upper + np.swapaxes(np.triu(out, 1), 1, 2)
+    return [
+        _GramBlock(lo, hi, np.asarray(blk, np.float64).reshape(hi, r, hi - lo).transpose(1, 0, 2))
+        for blk, (lo, hi) in zip(_gram_blocks(u, phi), _column_blocks(p), strict=True)
+    ]
 
 
-def _quad_forms(mp, c, d):
-    """``c_a^T (M * P) d_a`` for every row a of ``c``, ``d`` [A, p] (float64)."""
-    return np.einsum("ap,ap->a", c @ mp, d)
+def _quad_forms(m, grams, r, c, d):
+    """``c_a^T (M * P_r) d_a`` for every row a of ``c``, ``d`` [A, p] (float64), with ``P_r``
+    the symmetric matrix of which ``grams`` (:func:`_weighted_grams`) hold the upper blocks."""
+    out = np.zeros(c.shape[0])
+    for lo, hi, blk in grams:
+        mp = m[:hi, lo:hi] * blk[r]
+        diag, upper = mp[lo:], mp[:lo]  # the diagonal block (whole), the blocks above it
+        out += np.einsum("ap,ap->a", c[:, lo:hi] @ diag, d[:, lo:hi])
+        out += np.einsum("ap,ap->a", c[:, :lo] @ upper, d[:, lo:hi])
+        out += np.einsum("ap,ap->a", d[:, :lo] @ upper, c[:, lo:hi])  # their mirror image
+    return out
 
 
 def _lowrank_loo(rows, m, s, alphas):
@@ -534,13 +550,11 @@ def _lowrank_loo(rows, m, s, alphas):
         phi, sv, psi, scale = basis
         basis = np.concatenate([w0[:, None], phi[:, :rank]], axis=1)
         grams = _weighted_grams(u, np.asarray(basis, u.dtype))
-        mp = m * grams[0]
-        quad0 = _quad_forms(mp, c0[None], c0[None])[0]
-        dquad = _quad_forms(mp, dc, c + c0[None])
+        quad0 = _quad_forms(m, grams, 0, c0[None], c0[None])[0]
+        dquad = _quad_forms(m, grams, 0, dc, c + c0[None])
         coef = (psi[:rank] * sv[:rank, None]).T * scale[:, None]  # [A, rank]
         for r in range(rank):
-            mp = m * grams[r + 1]
-            dquad = dquad + coef[:, r] * _quad_forms(mp, c, c)
+            dquad = dquad + coef[:, r] * _quad_forms(m, grams, r + 1, c, c)
         return base + quad0, delta + dquad
 
     if not ok.any():
@@ -589,25 +603,34 @@ def _embed(a, shape, fill=0.0):
     return out
 
 
-def _host_map(fn, n: int):
-    """``[fn(0), ..., fn(n - 1)]``, or None as soon as one of them is None.
+def _serial_blas(fn):
+    """Run ``fn`` with every host BLAS and LAPACK call on a single thread (``threadpoolctl``).
 
-    The folds' float64 host algebra (eigendecompositions and products of [p, p] matrices) is
-    independent across folds. It runs fold by fold on up to one thread per core, each BLAS or
-    LAPACK call on a single thread: a multi-threaded OpenBLAS ``eigh`` of a 2,048 x 2,048 matrix
-    synchronises its threads thousands of times, and on a machine shared with other processes
-    it took anywhere from 1.3 s to 22 s, where the single-threaded one takes 2 s every time.
-    Without ``threadpoolctl`` the calls run one after another with BLAS's own threads.
+    The streamed paths' host algebra is many calls, large (an ``eigh`` of a 2,048 x 2,048
+    matrix synchronises OpenBLAS's threads thousands of times) and small (products of [A, p]
+    matrices). On a machine shared with other processes, threads that wait on each other
+    stall: one multi-threaded ``eigh`` took anywhere from 1.3 s to 22 s where the
+    single-threaded one took 2 s every time, and the small products of the LOO sums took 12 s
+    instead of 1 s. Parallelism comes from running folds side by side instead
+    (:func:`_host_map`). Without ``threadpoolctl``, BLAS keeps its own threads.
     """
-    if threadpool_limits is None:
-        out = []
-        for k in range(n):
-            out.append(fn(k))
-            if out[-1] is None:
-                return None
-        return out
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if threadpool_limits is None:
+            return fn(*args, **kwargs)
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _host_map(fn, n: int):
+    """``[fn(0), ..., fn(n - 1)]`` on up to one thread per core, or None as soon as one of them
+    is None. For the folds' independent host algebra under :func:`_serial_blas`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, min(n, cores or 1))) as pool:
+    workers = max(1, min(n, cores or 1)) if threadpool_limits is not None else 1
+    with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, k) for k in range(n)]
         out = []
         for f in futures:
@@ -672,6 +695,7 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
 
 
 @_folds.full_precision
+@_serial_blas
 def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
 

@@ -249,18 +249,27 @@ def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
 
 @pytest.mark.parametrize("row_blocks", [False, True])
 def test_weighted_grams_match_float64_over_column_blocks(monkeypatch, row_blocks):
-    """The weighted Gram matrices, formed block-triangularly (300 columns: blocks of 256 and 44)
-    and mirrored, against float64 numpy; in one product, or over row blocks of 8 (rows padded)."""
+    """The weighted Gram matrices, formed block-triangularly (300 columns: blocks of 256 and 44),
+    against float64 numpy; in one product, or over row blocks of 8 (rows padded); and the
+    quadratic forms read from their upper blocks against dense float64 ones."""
     if row_blocks:
         monkeypatch.setattr(regression, "_GRAM_BLOCK_ELEMENTS", 8 * 3 * 256)
     n = 301 if row_blocks else 300  # a new shape: traced again with the limit set
     rng = np.random.default_rng(11)
     u = rng.standard_normal((n, 300)).astype(np.float32)
     phi = rng.standard_normal((n, 3)).astype(np.float32)
-    out = np.asarray(regression._weighted_grams(jnp.asarray(u), jnp.asarray(phi)), np.float64)
+    grams = regression._weighted_grams(jnp.asarray(u), jnp.asarray(phi))
+    assert [(g.lo, g.hi) for g in grams] == [(0, 256), (256, 300)]
     u64, phi64 = u.astype(np.float64), phi.astype(np.float64)
     ref = np.einsum("nr,np,nq->rpq", phi64, u64, u64)
     # float32 sums of n terms: error below n * eps32 of the sum of their magnitudes
     bound = n * 1.2e-7 * np.einsum("nr,np,nq->rpq", np.abs(phi64), np.abs(u64), np.abs(u64))
-    assert (np.abs(out - ref) <= bound).all()
-    np.testing.assert_array_equal(out, np.swapaxes(out, 1, 2))
+    for lo, hi, block in grams:
+        assert (np.abs(block - ref[:, :hi, lo:hi]) <= bound[:, :hi, lo:hi]).all()
+    m = rng.standard_normal((300, 40))
+    m = m @ m.T
+    c, d = rng.standard_normal((2, 5, 300))
+    for r in range(3):
+        dense = np.einsum("ap,pq,aq->a", c, m * ref[r], d)
+        scale = np.einsum("ap,pq,aq->a", np.abs(c), np.abs(m) * bound[r], np.abs(d))
+        assert (np.abs(regression._quad_forms(m, grams, r, c, d) - dense) <= scale).all()
