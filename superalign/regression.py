@@ -430,7 +430,7 @@ def _column_blocks(p: int) -> list[tuple[int, int]]:
     return [(lo, min(p, lo + width)) for lo in range(0, p, width)]
 
 
-_GRAM_BLOCK_ELEMENTS = 1 << 25  # right-hand side of one weighted-Gram product (128 MiB)
+_GRAM_BLOCK_ELEMENTS = 1 << 24  # right-hand side of one weighted-Gram product (64 MiB)
 
 
 @jax.jit
@@ -625,20 +625,26 @@ def _serial_blas(fn):
     return wrapper
 
 
-def _host_map(fn, n: int):
+def _host_map(fn, n: int, then=None):
     """``[fn(0), ..., fn(n - 1)]`` on up to one thread per core, or None as soon as one of them
-    is None. For the folds' independent host algebra under :func:`_serial_blas`."""
+    is None. For the folds' independent host algebra under :func:`_serial_blas`.
+
+    ``then(k, fn(k))``, if given, runs on the calling thread as each result arrives, in order:
+    fold k's device passes then overlap the host algebra of the folds after it.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = max(1, min(n, cores or 1)) if threadpool_limits is not None else 1
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, k) for k in range(n)]
         out = []
-        for f in futures:
+        for k, f in enumerate(futures):
             out.append(f.result())
             if out[-1] is None:  # the caller falls back: drop the folds not started yet
                 for g in futures:
                     g.cancel()
                 return None
+            if then is not None:
+                then(k, out[-1])
         return out
 
 
@@ -729,12 +735,21 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
 
     # Train statistics, the factorisation and U^T Y_std of every fold (host, float64).
     totals = (m.gram_x.sum(0), m.cross.sum(0))
-    factors = _host_map(lambda k: _factor_fold(m, totals, others[k], k, lowrank), n_folds)
+    sums = []  # weighted-Gram path: each fold's LOO sums, as soon as its factors are known
+
+    def loo_sums(k, f):
+        sums.append(_lowrank_fold(X, Y, lx, ly, index, mask, others[k], f, alphas, sq_x, sq_xy))
+
+    factors = _host_map(
+        lambda k: _factor_fold(m, totals, others[k], k, lowrank),
+        n_folds,
+        then=loo_sums if lowrank else None,
+    )
     if factors is None:
         return None
     consts = [f.consts for f in factors]
     if lowrank:
-        base, delta = _lowrank_pass(X, Y, lx, ly, index, mask, others, factors, alphas, sq_x, sq_xy)
+        base, delta = (np.array(a) for a in zip(*sums, strict=True))
     else:
         padded = [
             _StreamedFold(
@@ -788,8 +803,9 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     return r.mean(1), best, loo, r
 
 
-def _lowrank_pass(X, Y, lx, ly, index, mask, others, factors, alphas, sq_x, sq_xy):
-    """[K] and [K, A]: each fold's LOO sums by :func:`_loo_rows` and :func:`_lowrank_loo`."""
+def _lowrank_fold(X, Y, lx, ly, index, mask, others, f: _FoldFactors, alphas, sq_x, sq_xy):
+    """One fold's LOO sums ``(base, delta [A])`` by :func:`_loo_rows` and :func:`_lowrank_loo`;
+    ``others`` are its train parts."""
     dtype = X.dtype
     width_x, width_y = sq_xy
     index, mask = np.asarray(index), np.asarray(mask)  # numpy into the jitted passes: no op-by-op
@@ -797,30 +813,25 @@ def _lowrank_pass(X, Y, lx, ly, index, mask, others, factors, alphas, sq_x, sq_x
     def arg(a):
         return np.asarray(a, dtype)
 
-    bases, deltas = [], []
-    for k, f in enumerate(factors):
-        c = f.consts
-        b = _embed(c.b, sq_xy)
-        s = _embed(c.s, width_x, fill=1.0)
-        rows = _loo_rows(
-            X,
-            Y,
-            lx,
-            ly,
-            index[others[k]].reshape(-1, index.shape[-1]),
-            mask[others[k]].reshape(-1, index.shape[-1]),
-            arg(_embed(c.mean_x, width_x)),
-            arg(_embed(c.w1, sq_x)),
-            arg(_embed(c.mean_y, width_y)),
-            arg(_embed(c.scale_y, width_y)),
-            arg(b),
-            arg(alphas),
-            arg(s),
-        )
-        base, delta = _lowrank_loo(rows, _embed(f.m, sq_x), s, alphas)
-        bases.append(base)
-        deltas.append(delta)
-    return np.array(bases), np.array(deltas)
+    c = f.consts
+    b = _embed(c.b, sq_xy)
+    s = _embed(c.s, width_x, fill=1.0)
+    rows = _loo_rows(
+        X,
+        Y,
+        lx,
+        ly,
+        index[others].reshape(-1, index.shape[-1]),
+        mask[others].reshape(-1, index.shape[-1]),
+        arg(_embed(c.mean_x, width_x)),
+        arg(_embed(c.w1, sq_x)),
+        arg(_embed(c.mean_y, width_y)),
+        arg(_embed(c.scale_y, width_y)),
+        arg(b),
+        arg(alphas),
+        arg(s),
+    )
+    return _lowrank_loo(rows, _embed(f.m, sq_x), s, alphas)
 
 
 def _loo_block_rows(n_alphas: int, n_targets: int) -> int:
