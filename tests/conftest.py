@@ -159,14 +159,13 @@ class Background:
 
     def _run(self, entry) -> None:
         try:
-            for key in entry.after:
-                first = self._entries[key]
+            firsts = [self._entries[key] for key in entry.after]
+            for first in firsts:
                 if self._claim(first):
                     self._run(first)
                 first.done.wait()
             if "call" in entry.job:
-                done = [self._entries[key] for key in entry.after]
-                entry.result = entry.job["call"](*((e.info, e.result) for e in done))
+                entry.result = entry.job["call"](*((e.info, e.result) for e in firsts))
             else:
                 entry.result = self._subprocess(**entry.job)
         except BaseException as err:  # handed to the test that asks for the result

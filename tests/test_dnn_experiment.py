@@ -11,7 +11,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from experiment_checks import ROOT, check_alignment, check_figures, command, command_job
+from experiment_checks import (
+    ROOT,
+    check_alignment,
+    check_figures,
+    command,
+    command_job,
+    devices_env,
+)
 
 import superalign
 from experiments import _io, _shards, dnn_alignment, dnn_train, launch
@@ -72,8 +79,7 @@ def _killed_job(factory):
 
 def _two_devices_job(factory):
     out = factory.mktemp("dnn_two") / "two"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return out, dict(args=_cmd("dnn_train", out), cwd=ROOT, env=env)
+    return out, dict(args=_cmd("dnn_train", out), cwd=ROOT, env=devices_env(2))
 
 
 # The runs start in the background with the session, one after the other; the tests that use

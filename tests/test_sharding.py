@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from experiment_checks import devices_env
 
 from superalign import sae, sharding, toy
 
@@ -65,8 +65,8 @@ FOUR_DEVICES = textwrap.dedent(
 
 
 def _four_devices_job(factory):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    return None, dict(args=[sys.executable, "-c", FOUR_DEVICES], cwd=ROOT, env=env, timeout=300)
+    job = dict(args=[sys.executable, "-c", FOUR_DEVICES], cwd=ROOT, timeout=300)
+    return None, dict(job, env=devices_env(4))
 
 
 # The interpreter runs in the background from the start of the session; the tests that use it
