@@ -35,7 +35,7 @@ import numpy as np
 
 from superalign import folds as _folds
 
-try:  # installed with scikit-learn; without it the host algebra runs on one thread
+try:  # a core dependency; without it the host algebra runs on one thread
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_limits = None
