@@ -1215,9 +1215,6 @@ def main(argv=None) -> int:
     SAEs; a rerun with the same settings restores them instead of training), ``results.json``,
     ``table.md`` and ``figure.png`` / ``figure.pdf`` to ``--out``, each atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     from superalign import io
 
     parser = _parser()
@@ -1293,7 +1290,3 @@ def main(argv=None) -> int:
     log(table(results))
     log(f"wrote {out}/results.json, table.md, figure.png and figure.pdf")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
