@@ -1,9 +1,9 @@
-"""The SAE's narrow-code top-k (``sae._top_k``: k rounds of max) against ``jax.lax.top_k``.
+"""The SAE's narrow-code top-k (``sae.top_k``: k rounds of max) against ``jax.lax.top_k``.
 
 Run by hand: ``python -m benchmarks.topk`` (under a minute on the 2-core CPU). Both must return
 identical values and indices (checked here on every shape); prints a markdown table of the best
 time of 20 calls after a warm-up call. Shapes: ``[seeds, batch, latents]`` as in SAE training
-(toy experiment: 2 seeds per size; seed sweep: 32 seeds), and wide codes where ``sae._top_k``
+(toy experiment: 2 seeds per size; seed sweep: 32 seeds), and wide codes where ``sae.top_k``
 falls back to ``lax.top_k``.
 """
 
@@ -48,13 +48,11 @@ def main(argv=None):
     for shape, k in CASES:
         x = jax.random.normal(jax.random.key(0), shape)
         ref = jax.jit(lambda x, k=k: jax.lax.top_k(x, k))
-        ours = jax.jit(lambda x, k=k: sae._top_k(x, k))
+        ours = jax.jit(lambda x, k=k: sae.top_k(x, k))
         for a, b in zip(ref(x), ours(x), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         t_ref, t_ours = _best(ref, x, args.repeat), _best(ours, x, args.repeat)
-        print(
-            f"| {shape} | {k} | {t_ref * 1e3:.2f} | {t_ours * 1e3:.2f} | {t_ref / t_ours:.2f}x |"
-        )
+        print(f"| {shape} | {k} | {t_ref * 1e3:.2f} | {t_ours * 1e3:.2f} | {t_ref / t_ours:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -258,7 +258,12 @@ def live_units(name: str, X, folds: Folds) -> LiveUnits:
     return LiveUnits(live, np.flatnonzero(dead))
 
 
-def _kahan_add(total, comp, value):
+def kahan_add(total, comp, value):
+    """One step of Kahan's compensated summation: ``(total, comp)`` after adding ``value``.
+
+    Accumulating float32 block sums this way keeps the rounding error of a long sum at about one
+    unit in the last place, independent of the number of blocks.
+    """
     y = value - comp
     t = total + y
     return t, (t - total) - y
@@ -314,7 +319,7 @@ def fold_moments(
         def sum_step(carry, block):
             (sx, cx), (sy, cy) = carry
             x, y, _ = rows(*block)
-            return (_kahan_add(sx, cx, x.sum(0)), _kahan_add(sy, cy, y.sum(0))), None
+            return (kahan_add(sx, cx, x.sum(0)), kahan_add(sy, cy, y.sum(0))), None
 
         zx, zy = jnp.zeros((na,), dtype), jnp.zeros((nb,), dtype)
         ((sx, _), (sy, _)), _ = jax.lax.scan(sum_step, ((zx, zx), (zy, zy)), blocks)
@@ -329,7 +334,7 @@ def fold_moments(
             values.append(jnp.matmul(x.T, y, precision=hi))
             if with_gram_x:
                 values.append(jnp.matmul(x.T, x, precision=hi))
-            new = [_kahan_add(acc, comp, v) for (acc, comp), v in zip(carry, values, strict=True)]
+            new = [kahan_add(acc, comp, v) for (acc, comp), v in zip(carry, values, strict=True)]
             return tuple(new), None
 
         zeros = [zx, zy, zx, zy, jnp.zeros((na, nb), dtype)]
@@ -355,7 +360,8 @@ def fold_moments(
     return FoldMoments(*out[:6], out[6] if with_gram_x else None)
 
 
-def _safe_rsqrt(ss):
+def safe_rsqrt(ss):
+    """``1 / sqrt(ss)`` where ``ss > 0``, else 0 (sums of squares of columns)."""
     # A live column has positive variance in every part; the guard only keeps an underflowed
     # sum of squares from turning into NaN (its correlations become 0).
     return jnp.where(ss > 0, jax.lax.rsqrt(jnp.where(ss > 0, ss, 1.0)), 0.0)
@@ -387,11 +393,11 @@ def fold_correlations(moments: FoldMoments, k) -> tuple[jax.Array, jax.Array]:
     )
     ss_x = keep @ moments.ss_x + w @ (dx * dx)
     ss_y = keep @ moments.ss_y + w @ (dy * dy)
-    train = cross * _safe_rsqrt(ss_x)[:, None] * _safe_rsqrt(ss_y)[None, :]
+    train = cross * safe_rsqrt(ss_x)[:, None] * safe_rsqrt(ss_y)[None, :]
     test = (
         moments.cross[k]
-        * _safe_rsqrt(moments.ss_x[k])[:, None]
-        * _safe_rsqrt(moments.ss_y[k])[None, :]
+        * safe_rsqrt(moments.ss_x[k])[:, None]
+        * safe_rsqrt(moments.ss_y[k])[None, :]
     )
     return train, test
 

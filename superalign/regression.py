@@ -94,7 +94,7 @@ def _standardize(x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x * w
     x = (x - _sum_rows(x) / n) * w
     x = (x - _sum_rows(x) / n) * w  # two-pass mean
-    return x * _folds._safe_rsqrt(_sum_rows(x * x))
+    return x * _folds.safe_rsqrt(_sum_rows(x * x))
 
 
 class _LooTerms(NamedTuple):
@@ -346,7 +346,7 @@ def _loo_pass(X, Y, live_x, live_y, index, mask, others, consts: _StreamedFold, 
             y = (_rows(Y, live_y, idx) - c.mean_y) * c.scale_y * w
             base, delta = _loo_block(terms, u, y - u @ c.b, 1.0 - (u * u).sum(1))
             (tb, cb), (td, cd) = carry
-            return (_folds._kahan_add(tb, cb, base), _folds._kahan_add(td, cd, delta)), None
+            return (_folds.kahan_add(tb, cb, base), _folds.kahan_add(td, cd, delta)), None
 
         zb, zd = jnp.zeros((), c.w1.dtype), jnp.zeros(alphas.shape, c.w1.dtype)
         ((base, _), (delta, _)), _ = jax.lax.scan(
@@ -371,7 +371,7 @@ def _test_pass(X, Y, live_x, live_y, index, mask, mean_x, scale_x, coef, mean_y)
             y = (_rows(Y, live_y, idx) - my) * w
             sums = jnp.stack([pred.sum(0), y.sum(0), (pred * pred).sum(0), (y * y).sum(0)])
             sums = jnp.concatenate([sums, (pred * y).sum(0)[None]])
-            return _folds._kahan_add(*carry, sums), None
+            return _folds.kahan_add(*carry, sums), None
 
         zero = jnp.zeros((5, c.shape[1]), c.dtype)
         (sums, _), _ = jax.lax.scan(step, (zero, zero), (idx_k, m_k))

@@ -178,7 +178,7 @@ def preprocess(config: SAEConfig, x: jax.Array) -> jax.Array:
     return (x - mean) / jnp.maximum(std, 1e-8)
 
 
-def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``jax.lax.top_k(x, k)`` along the last axis, bitwise: same values, same indices.
 
     For a narrow code (``k * width <= 2048``, ``width <= 256``) by k rounds of "take the
@@ -216,7 +216,7 @@ def _top_k_rounds_jvp(k, primals, tangents):
 
 def _encode_sparse(config: SAEConfig, params: SAEParams, x: jax.Array, k=None):
     pre = x @ params.W_enc + params.b_enc
-    values, indices = _top_k(pre, config.k)
+    values, indices = top_k(pre, config.k)
     if k is not None:
         # A traced k <= config.k: the top k of the sorted top config.k, the rest silenced.
         # One compiled function then serves every k (a sweep over k is a vmap axis).
