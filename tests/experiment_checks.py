@@ -17,7 +17,8 @@ def command(module: str, *args) -> list[str]:
 
 def devices_env(n: int) -> dict:
     """The environment of a process that sees ``n`` simulated CPU devices."""
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    flags = [os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={n}"]
+    return dict(os.environ, XLA_FLAGS=" ".join(filter(None, flags)))
 
 
 def command_job(module: str, folder: str, *args, devices: int | None = None):
