@@ -108,56 +108,30 @@ def test_tiny_run_end_to_end(tiny_toy):
             np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
 
-def _killed_job(factory):
-    """A second run of the tiny config killed with SIGKILL once its SAE stage has checkpointed,
-    then run again to the end, then once more (which must recompute nothing)."""
-    killed = factory.mktemp("tiny_toy_killed") / "killed"
-
-    def kill_and_resume(_tiny_toy):
-        proc = subprocess.Popen(
-            command("toy_models", "--out", killed, *TINY_TOY_ARGS),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        sae_ckpt = killed / "checkpoints" / "sae_N4-8"
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
-                break
-            time.sleep(0.02)
-        facts = {"running_at_kill": proc.poll() is None}
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        facts["results_after_kill"] = (killed / "results.json").exists()
-        _run(killed)
-        facts["resumed"] = json.loads((killed / "results.json").read_text())
-        before = (killed / "sizes" / "N4.json").stat().st_mtime_ns
-        _run(killed)
-        facts["rewritten"] = (killed / "sizes" / "N4.json").stat().st_mtime_ns != before
-        return facts
-
-    # After the first run: its programs are then in the session's compilation cache.
-    return killed, dict(call=kill_and_resume, after=("tiny_toy",))
-
-
-BACKGROUND["killed"] = _killed_job
-
-
-@pytest.fixture
-def killed(background, tmp_path_factory):
-    """What :func:`_killed_job` saw and the resumed run's results."""
-    return background.result(__name__, "killed", _killed_job, tmp_path_factory)[1]
-
-
-def test_killed_run_resumes_to_identical_results(tiny_toy, killed):
+def test_killed_run_resumes_to_identical_results(tiny_toy, tmp_path):
     results = json.loads((tiny_toy[0] / "results.json").read_text())
-    facts = killed
-    assert facts["running_at_kill"], "the run finished before it could be killed"
-    assert not facts["results_after_kill"]
-    assert _scores(facts["resumed"]) == _scores(results)
-    # A finished stage is reused: a third call recomputes nothing.
-    assert not facts["rewritten"]
+    # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
+    killed = tmp_path / "killed"
+    cmd = command("toy_models", "--out", killed, *TINY_TOY_ARGS)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sae_ckpt = killed / "checkpoints" / "sae_N4-8"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    _run(killed)
+    resumed = json.loads((killed / "results.json").read_text())
+    assert _scores(resumed) == _scores(results)
+
+    # A finished stage is reused: a third call recomputes nothing and gives the same file.
+    before = (killed / "sizes" / "N4.json").stat().st_mtime_ns
+    _run(killed)
+    assert (killed / "sizes" / "N4.json").stat().st_mtime_ns == before
 
 
 def test_every_preset_is_valid():
