@@ -13,16 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# pip compiles every module to bytecode at install time. Without that (pip --no-compile), an
-# environment with PYTHONDONTWRITEBYTECODE=1 compiles jax, flax, torch and tensorflow from source
-# in every process that imports them: the suite's twenty-odd processes then took 731 s instead
-# of 554-572 s.
+# --no-compile: Python compiles a module when it is first imported, not every module of the
+# large test dependencies at install time (about a third of the install's CPU time).
 $(CORE): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[exact]'
+	$(BIN)/pip install --quiet --no-compile -e '.[exact]'
 	touch $(CORE)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-compile -e '.[test]'
 	touch $(STAMP) $(CORE)
 
 test: $(STAMP)
