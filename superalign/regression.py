@@ -737,9 +737,12 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     # Train statistics, the factorisation and U^T Y_std of every fold (host, float64).
     totals = (m.gram_x.sum(0), m.cross.sum(0))
     sums = []  # weighted-Gram path: each fold's LOO sums, as soon as its factors are known
+    index_np, mask_np = np.asarray(index), np.asarray(mask)  # for the folds' row selections
 
     def loo_sums(k, f):
-        sums.append(_lowrank_fold(X, Y, lx, ly, index, mask, others[k], f, alphas, sq_x, sq_xy))
+        sums.append(
+            _lowrank_fold(X, Y, lx, ly, index_np, mask_np, others[k], f, alphas, sq_x, sq_xy)
+        )
 
     factors = _host_map(
         lambda k: _factor_fold(m, totals, others[k], k, lowrank),
@@ -806,10 +809,10 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
 
 def _lowrank_fold(X, Y, lx, ly, index, mask, others, f: _FoldFactors, alphas, sq_x, sq_xy):
     """One fold's LOO sums ``(base, delta [A])`` by :func:`_loo_rows` and :func:`_lowrank_loo`;
-    ``others`` are its train parts."""
+    ``others`` are its train parts. ``index`` and ``mask`` are numpy arrays (their row selections
+    and every argument of the jitted pass are host arrays: no op-by-op dispatch)."""
     dtype = X.dtype
     width_x, width_y = sq_xy
-    index, mask = np.asarray(index), np.asarray(mask)  # numpy into the jitted passes: no op-by-op
 
     def arg(a):
         return np.asarray(a, dtype)
