@@ -33,6 +33,9 @@ def _captured(config, variables, images):
     return jax.jit(run)(variables, images)
 
 
+_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def _init(config, vmapped=False):
     """``models.init`` compiled at XLA's lowest backend optimisation level. Its program (one
     random draw per parameter) runs once, and optimising it took longer than every forward pass of
@@ -41,9 +44,6 @@ def _init(config, vmapped=False):
     float32 rounding, which none of these tests depends on."""
     fn = partial(models.init, config)
     return jax.jit(jax.vmap(fn) if vmapped else fn, compiler_options=_INIT_OPTIONS)
-
-
-_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def _jit(fn, *args):
