@@ -36,7 +36,7 @@ def _sparse_pair(m, na, nb, f, seed, noise=0.5, density=0.1):
     return X, Y
 
 
-def _planted(m, n, seed, noise=1.0):
+def planted(m, n, seed, noise=1.0):
     """A noisy permutation of sparse non-negative units (SAE-latent-like)."""
     rng = np.random.default_rng(seed)
     z = np.maximum(rng.standard_normal((m, n), dtype=np.float32) - 0.5, 0)
@@ -95,7 +95,7 @@ def bench_soft(sizes, m, kinds):
     print(f"\n## soft-matching: {m} stimuli, 5 folds, Sinkhorn (ott-jax) vs POT ot.emd")
     for n in sizes:
         for kind in kinds:
-            X, Y = (_planted if kind == "planted" else _random)(m, n, seed=n)
+            X, Y = (planted if kind == "planted" else _random)(m, n, seed=n)
             # The library's time includes compilation.
             ours, t_ours, ref, t_ref, diff = against(
                 superalign.soft_matching, pot_soft_matching, X, Y
@@ -116,7 +116,7 @@ def bench_ridge(problems, sklearn_folds):
     print("\n## ridge: 5 folds, 17 alphas, superalign vs scikit-learn RidgeCV loop")
     for m, na, nb, kind in problems:
         if kind == "planted":
-            X, Y = _planted(m, na, seed=na)
+            X, Y = planted(m, na, seed=na)
         else:
             X, Y = _sparse_pair(m, na, nb, f=max(na, nb), seed=m)
         ours, t_ours = timed(superalign.ridge_regression, X, Y)  # includes compilation

@@ -15,7 +15,7 @@ fit fails in its child instead of exhausting a shared machine.
   ``--toy-steps`` steps with the data drawn on the fly; one call per seed count, timed after a
   compile call. Seeds per second = seeds / wall.
 - soft: ``superalign.soft_matching`` as it is, 5 folds, on a planted problem (a noisy permutation
-  of sparse non-negative units, SAE-latent-like; ``benchmarks.metrics._planted``) with
+  of sparse non-negative units, SAE-latent-like; ``benchmarks.metrics.planted``) with
   ``--rows`` stimuli; the Sinkhorn solver and ``solver="exact"`` (scipy's
   ``linear_sum_assignment``) in separate children. Times include compilation.
 - compare: ``experiments.toy_models.run`` (one seed pair) and ``experiments.seed_sweep.run``
@@ -95,9 +95,9 @@ def child_soft(n_units: int, n_rows: int, solver: str) -> dict:
     import numpy as np
 
     import superalign
-    from benchmarks.metrics import _planted
+    from benchmarks.metrics import planted
 
-    X, Y = _planted(n_rows, n_units, seed=n_units)
+    X, Y = planted(n_rows, n_units, seed=n_units)
     t0 = time.perf_counter()
     res = superalign.soft_matching(X, Y, n_folds=5, solver=solver, keep_plans=False)
     wall = time.perf_counter() - t0
@@ -214,7 +214,7 @@ def _compare_configs(args):
 def part_compare(args) -> dict:
     import logging
 
-    from experiments import _io, seed_sweep, toy_models
+    from experiments import run_files, seed_sweep, toy_models
 
     # The experiments' stage times (launch.Stages) in the log, as their command lines show them.
     logging.basicConfig(format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -245,7 +245,7 @@ def part_compare(args) -> dict:
     }
     print(json.dumps(out))
     if args.compare_out:
-        _io.write_json(Path(args.compare_out) / "compare.json", out)
+        run_files.write_json(Path(args.compare_out) / "compare.json", out)
     label = args.sweep_config or f"{args.compare_steps} steps, sizes {tuple(args.compare_sizes)}"
     print(
         f"\n| run ({label}) | wall (s) | pairs | per pair (s) | per pair / single pair |\n"

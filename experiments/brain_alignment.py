@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import superalign
-from experiments import _io, _nsd_synthetic, _shards, brain_figures, brain_maps, launch
+from experiments import brain_figures, brain_maps, launch, nsd_synthetic, run_files, shards
 from experiments import figure_style as style
 from experiments.configs import brain as configs
 from superalign import datasets, models, sae
@@ -195,8 +195,8 @@ def extract_features(
         resize_size=cfg.resize_size,
     )
     bs = cfg.extract_batch_size
-    shards = path.with_suffix(".shards")
-    writer = _shards.ShardWriter(shards, models.layer_width(mc, layer), 16 * bs)
+    shard_dir = path.with_suffix(".shards")
+    writer = shards.ShardWriter(shard_dir, models.layer_width(mc, layer), 16 * bs)
     fn = jax.jit(lambda v, x: models.extract(mc, v, x, (layer,))[layer])
     first = writer.rows // bs
     total = -(-len(image_ids) // bs)
@@ -207,10 +207,10 @@ def extract_features(
             writer.append(acts[batch.valid], batch.image_ids[batch.valid])
             tick(b + 1)
     writer.close()
-    reader = _shards.ShardReader(shards)
+    reader = shards.ShardReader(shard_dir)
     ids, acts = reader.image_ids(), reader.read()
-    _io.write_atomic(path, lambda f: np.savez(f, image_ids=ids, activations=acts))
-    shutil.rmtree(shards)
+    run_files.write_atomic(path, lambda f: np.savez(f, image_ids=ids, activations=acts))
+    shutil.rmtree(shard_dir)
     return path
 
 
@@ -318,9 +318,9 @@ def train_sae(cfg, i: int, x: np.ndarray, out: Path, progress=True) -> sae.SAEPa
         desc=f"SAE {cfg.dnns[i]}",
         progress=progress,
     )
-    _io.write_atomic(path, lambda f: np.savez(f, **state.params._asdict()))
+    run_files.write_atomic(path, lambda f: np.savez(f, **state.params._asdict()))
     mse = float(np.mean(np.concatenate(last_epoch))) if last_epoch else None
-    _io.write_json(out / "sae" / f"{slug}_metrics.json", {"mse_last_epoch": mse})
+    run_files.write_json(out / "sae" / f"{slug}_metrics.json", {"mse_last_epoch": mse})
     return state.params
 
 
@@ -502,9 +502,9 @@ def synthetic_data(cfg, out: Path) -> tuple[Path, list[str], list[str]]:
     root = out / "synthetic_nsd"
     done = root / ".complete"
     if not done.exists():
-        _nsd_synthetic.build(root, cfg.synthetic)
+        nsd_synthetic.build(root, cfg.synthetic)
         done.touch()
-    files = _nsd_synthetic.activation_files(root)
+    files = nsd_synthetic.activation_files(root)
     return (
         root,
         [str(files[name]) for name in cfg.dnns],
@@ -530,7 +530,7 @@ def write_voxels(path, voxels: dict, data: nsd.SubjectData, shape) -> None:
         "shape": np.asarray(shape, np.int64),
         "noise_ceiling_fraction": np.float64(np.mean(data.noise_ceiling) / 100.0),
     }
-    _io.write_atomic(path, lambda f: np.savez(f, **voxels, **extra))
+    run_files.write_atomic(path, lambda f: np.savez(f, **voxels, **extra))
 
 
 def gain_maps(cfg, root, out: Path) -> dict:
@@ -582,7 +582,7 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
         nsd.num_stimuli(cfg.nsd_root)  # the stimulus file exists and holds imgBrick
         if not all(feature_path(out, cfg, i).is_file() for i in range(len(cfg.dnns))):
             variables = load_checkpoints(cfg)
-    _io.check_out(given, out)
+    run_files.check_out(given, out)
     if cfg.synthetic is not None:
         root, files, train_files = synthetic_data(cfg, out)
     else:
@@ -630,7 +630,7 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     for s, data in subjects.items():
         cached = out / "subjects" / f"subj{s:02d}.json"
         if cached.exists():
-            per_subject[str(s)] = _io.read_json(cached)
+            per_subject[str(s)] = run_files.read_json(cached)
             continue
         if sources is None:
             sources = dnn_sources(cfg, files, train_files, out, progress)
@@ -638,18 +638,18 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
         scores = subject_scores(cfg, data, sources, progress, voxels)
         shape = nsd.roi_mask(root, s, atlas=cfg.roi_atlas, label=cfg.roi_label).mask.shape
         write_voxels(voxels_path(out, s), voxels, data, shape)
-        _io.write_json(cached, scores)
-        per_subject[str(s)] = _io.read_json(cached)
+        run_files.write_json(cached, scores)
+        per_subject[str(s)] = run_files.read_json(cached)
     results = {
-        **_io.header(cfg),
+        **run_files.header(cfg),
         "nsd_root": str(root),
         "activation_files": files,
         "sae_train_files": [f or files[i] for i, f in enumerate(train_files)],
         "subjects": per_subject,
     }
     results["changes"] = changes(results)
-    _io.write_json(out / "results.json", results)
-    _io.write_text(out / "table.md", table(results) + "\n")
+    run_files.write_json(out / "results.json", results)
+    run_files.write_text(out / "table.md", table(results) + "\n")
     style.save_all(brain_figures.figures(results), out / "figures")
     if cfg.gain_maps:
         gain_maps(cfg, root, out)

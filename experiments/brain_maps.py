@@ -42,8 +42,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments import _io
-from superalign import _checks
+from experiments import run_files
+from superalign import checks
 from superalign.brain import nsd
 
 GAIN_LABEL = "SAE->Voxel minus Neuron->Voxel r"
@@ -79,8 +79,8 @@ def voxel_r(result, n_voxels: int) -> np.ndarray:
       ``dead_y`` (removed before fitting, so it has no score). Its mean over the live voxels is
       the result's ``mean``.
     """
-    n_voxels = _checks.positive_int("n_voxels", n_voxels)
-    unit_r = _checks.array("result.unit_r", np.asarray(_field(result, "unit_r")), ndim=2)
+    n_voxels = checks.positive_int("n_voxels", n_voxels)
+    unit_r = checks.array("result.unit_r", np.asarray(_field(result, "unit_r")), ndim=2)
     dead = np.asarray(_field(result, "dead_y"))
     if dead.ndim != 1 or not (dead.size == 0 or np.issubdtype(dead.dtype, np.integer)):
         raise ValueError(
@@ -119,9 +119,9 @@ def voxel_gain(
     Returns:
       [n_voxels] float64 gains; NaN where either regression removed the voxel as dead.
     """
-    n_voxels = _checks.positive_int("n_voxels", n_voxels)
+    n_voxels = checks.positive_int("n_voxels", n_voxels)
     if noise_ceiling_fraction is not None:
-        noise_ceiling_fraction = _checks.positive_float(
+        noise_ceiling_fraction = checks.positive_float(
             "noise_ceiling_fraction", noise_ceiling_fraction
         )
     neuron = voxel_r(neuron_result, n_voxels)
@@ -131,7 +131,7 @@ def voxel_gain(
 
 
 def _check_mask(mask) -> np.ndarray:
-    mask = _checks.array("mask", mask, ndim=3)
+    mask = checks.array("mask", mask, ndim=3)
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         if not np.isin(mask, (0, 1)).all():
@@ -146,7 +146,7 @@ def _check_mask(mask) -> np.ndarray:
 
 
 def _check_affine(affine) -> np.ndarray:
-    affine = np.asarray(_checks.array("affine", affine, ndim=2), np.float64)
+    affine = np.asarray(checks.array("affine", affine, ndim=2), np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a [4, 4] voxel-to-world matrix, got {affine.shape}")
     return affine
@@ -163,7 +163,7 @@ def data_mask(voxel_ijk, shape) -> np.ndarray:
     Raises ``ValueError`` if the indices fall off the grid, repeat, or are not in C order (then
     boolean-mask order would not be the data's order).
     """
-    ijk = _checks.array("voxel_ijk", np.asarray(voxel_ijk), ndim=2, width=3)
+    ijk = checks.array("voxel_ijk", np.asarray(voxel_ijk), ndim=2, width=3)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be a 3-D grid shape (X, Y, Z), got {shape}")
@@ -200,7 +200,7 @@ def to_volume(values, mask, affine):
     """
     mask = _check_mask(mask)
     affine = _check_affine(affine)
-    values = _checks.array("values", values, ndim=1, finite=False)
+    values = checks.array("values", values, ndim=1, finite=False)
     if values.shape[0] != mask.sum():
         raise ValueError(
             f"values must have one entry per voxel of mask ({int(mask.sum())} voxels of "
@@ -287,7 +287,7 @@ def gain_figure(img, anat, *, title: str, threshold: float | None = None, label:
     if not isinstance(title, str):
         raise ValueError(f"title must be a string, got {title!r}")
     if threshold is not None:
-        threshold = _checks.nonnegative_float("threshold", threshold)
+        threshold = checks.nonnegative_float("threshold", threshold)
     if isinstance(anat, (str, Path)):
         anat = nibabel.load(anat)
     if anat is not None:
@@ -375,7 +375,7 @@ def save_gain_maps(
         fig = gain_figure(img, bg.path, title=title, threshold=threshold, label=label)
         try:
             stem = Path(directory) / f"gain_map_{_slug(name)}_subj{int(subject):02d}"
-            paths[subject] = _io.save_figure(fig, stem)
+            paths[subject] = run_files.save_figure(fig, stem)
         finally:
             plt.close(fig)
     return paths

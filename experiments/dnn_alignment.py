@@ -28,7 +28,7 @@ Nothing depends on labels; no accuracy is reported.
 
 Outputs under ``--out``: ``config.json``, ``results.json``, ``figures/`` (figure 3, figure 4
 bottom, figure 7 bottom; PNG and PDF), ``models/`` (orbax checkpoints, accuracy),
-``activations/<model>/<split>/<layer>/seed<s>/`` (shards, see ``experiments/_shards.py``),
+``activations/<model>/<split>/<layer>/seed<s>/`` (shards, see ``experiments/shards.py``),
 ``saes/`` (orbax checkpoints), ``layers/<model>/<layer>.json`` (finished layers), and for other
 modules ``features/<model>/seed<s>/<layer>.npz``: ``image_ids`` [n] int64 (sorted) and
 ``activations`` [n, units] float32, the validation units. Every stage resumes after a kill.
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _io, _shards, dnn_figures, dnn_train, launch, toy_models
+from experiments import dnn_figures, dnn_train, launch, run_files, shards, toy_models
 from experiments import figure_style as style
 from experiments.configs import dnn as configs
 from superalign import datasets, models, sae
@@ -108,7 +108,7 @@ def extract(
     mc = model_config(cfg, m)
     layers = cfg.layers[m]
     writers = {
-        (layer, s): _shards.ShardWriter(
+        (layer, s): shards.ShardWriter(
             shard_dir(out, cfg, m, into, layer, seed),
             models.layer_width(mc, layer),
             cfg.shard_rows,
@@ -157,11 +157,11 @@ def write_features(cfg, m: int, out: Path) -> None:
             path = feature_path(out, cfg.models[m], seed, layer)
             if path.exists():
                 continue
-            reader = _shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, seed))
+            reader = shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, seed))
             ids = reader.image_ids()
             order = np.argsort(ids, kind="stable")
             acts = reader.read()[order]
-            _io.write_atomic(
+            run_files.write_atomic(
                 path,
                 lambda f, a=acts, i=ids[order]: np.savez(f, image_ids=i, activations=a),
             )
@@ -180,7 +180,7 @@ def train_sae(cfg, m: int, layer_index: int, out: Path, progress=True):
     layer = cfg.layers[m][layer_index]
     scfg = sae_config(cfg, m, layer_index)
     readers = [
-        _shards.ShardReader(shard_dir(out, cfg, m, "train", layer, seed)) for seed in cfg.seeds
+        shards.ShardReader(shard_dir(out, cfg, m, "train", layer, seed)) for seed in cfg.seeds
     ]
     key = jax.random.fold_in(jax.random.key(cfg.seeds[0]), 1 + layer_index)
     k_init, k_data = jax.random.split(key)
@@ -216,18 +216,18 @@ def layer_result(cfg, m: int, layer_index: int, out: Path, progress=True) -> dic
     model, layer = cfg.models[m], cfg.layers[m][layer_index]
     cached = Path(out) / "layers" / model / f"{layer}.json"
     if cached.exists():
-        return _io.read_json(cached)
+        return run_files.read_json(cached)
     t0 = time.perf_counter()
     scfg = sae_config(cfg, m, layer_index)
     params, final_mse = train_sae(cfg, m, layer_index, out, progress)
     neurons = np.stack(
         [
-            _shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, s)).read()
+            shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, s)).read()
             for s in cfg.seeds
         ]
     )
     ids = [
-        _shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, s)).image_ids()
+        shards.ShardReader(shard_dir(out, cfg, m, "validation", layer, s)).image_ids()
         for s in cfg.seeds
     ]
     if not all(np.array_equal(ids[0], i) for i in ids):
@@ -243,7 +243,7 @@ def layer_result(cfg, m: int, layer_index: int, out: Path, progress=True) -> dic
         "n_latents": scfg.n_latents,
         "k": scfg.k,
         "n_rows": int(neurons.shape[1]),
-        "n_train_rows": _shards.ShardReader(
+        "n_train_rows": shards.ShardReader(
             shard_dir(out, cfg, m, "train", layer, cfg.seeds[0])
         ).rows,
         "dead_latents": [int(((latents[s] != 0).sum(0) == 0).sum()) for s in range(len(latents))],
@@ -253,8 +253,8 @@ def layer_result(cfg, m: int, layer_index: int, out: Path, progress=True) -> dic
         **scores,
         "wall_seconds": time.perf_counter() - t0,
     }
-    _io.write_json(cached, result)
-    return _io.read_json(cached)
+    run_files.write_json(cached, result)
+    return run_files.read_json(cached)
 
 
 def _fvu(scfg, params, neurons) -> list[float]:
@@ -347,7 +347,7 @@ def _complete(out: Path, cfg, split: str) -> bool:
         for layer in cfg.layers[0]
         for seed in cfg.seeds
     ]
-    return all(p.exists() and _io.read_json(p)["complete"] for p in dirs)
+    return all(p.exists() and run_files.read_json(p)["complete"] for p in dirs)
 
 
 def split_shards(cfg, out: Path) -> None:
@@ -358,11 +358,11 @@ def split_shards(cfg, out: Path) -> None:
     """
     for layer in cfg.layers[0]:
         for seed in cfg.seeds:
-            reader = _shards.ShardReader(shard_dir(out, cfg, 0, "all", layer, seed))
+            reader = shards.ShardReader(shard_dir(out, cfg, 0, "all", layer, seed))
             acts, ids = reader.read(), reader.image_ids()
             parts = dict(zip(SPLITS, split_rows(len(ids), cfg.split_seed), strict=True))
             for split, rows in parts.items():
-                w = _shards.ShardWriter(
+                w = shards.ShardWriter(
                     shard_dir(out, cfg, 0, split, layer, seed), reader.units, cfg.shard_rows
                 )
                 if w.complete:
@@ -440,12 +440,12 @@ def run(cfg: configs.DNNExperimentConfig, out, *, progress=True) -> dict:
         for m in range(len(cfg.models)):
             for i in range(len(cfg.layers[m])):
                 sae_config(cfg, m, i)
-    _io.check_out(given, out)
-    results = _io.header(cfg)
+    run_files.check_out(given, out)
+    results = run_files.header(cfg)
     results["models"] = {
         name: run_model(cfg, m, out, progress, variables) for m, name in enumerate(cfg.models)
     }
-    _io.write_json(out / "results.json", results)
+    run_files.write_json(out / "results.json", results)
     style.save_all(dnn_figures.figures(results), out / "figures")
     return results
 

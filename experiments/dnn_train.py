@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from experiments import _io, launch
+from experiments import launch, run_files
 from experiments.configs import dnn as configs
 from superalign import datasets, models
 
@@ -261,10 +261,10 @@ def train_model(cfg, m: int, out: Path, progress: bool = True):
     state = jax.tree.map(lambda *a: jnp.concatenate(a), *states) if len(states) > 1 else states[0]
     cache = Path(out) / "models" / cfg.models[m] / "accuracy.json"
     if cache.exists():
-        accuracy = np.asarray(_io.read_json(cache)["accuracy"])
+        accuracy = np.asarray(run_files.read_json(cache)["accuracy"])
     else:
         accuracy = evaluate(cfg, m, state, progress)
-        _io.write_json(cache, {"seeds": cfg.seeds, "accuracy": accuracy})
+        run_files.write_json(cache, {"seeds": cfg.seeds, "accuracy": accuracy})
     return variables_of(state), accuracy
 
 
@@ -280,13 +280,13 @@ def run(cfg: configs.DNNExperimentConfig, out, *, progress: bool = True) -> dict
     """Train every model of the config from every seed (resumable); their validation accuracy."""
     validate(cfg)
     out = Path(out)
-    _io.check_out(cfg, out, "train_config.json")
+    run_files.check_out(cfg, out, "train_config.json")
     launch.log.info("devices: %s", jax.devices())
     accuracy = {}
     for m, name in enumerate(cfg.models):
         _, acc = train_model(cfg, m, out, progress)
         accuracy[name] = {str(s): float(a) for s, a in zip(cfg.seeds, acc, strict=True)}
-    return {**_io.header(cfg), "platform": jax.default_backend(), "accuracy": accuracy}
+    return {**run_files.header(cfg), "platform": jax.default_backend(), "accuracy": accuracy}
 
 
 def summary(results: dict) -> str:

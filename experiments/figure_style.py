@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import _io
+from experiments import run_files
 
 # Source -> target conditions of the alignment scores.
 LABELS = {
@@ -155,6 +155,6 @@ def save_all(figures: dict, directory) -> list[Path]:
     for stem, fig in figures.items():
         if fig is None:
             continue
-        paths += _io.save_figure(fig, directory / stem)
+        paths += run_files.save_figure(fig, directory / stem)
         plt.close(fig)
     return paths

@@ -67,8 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import superalign
-from experiments import _io, launch, seed_sweep_figures, toy_models
 from experiments import figure_style as style
+from experiments import launch, run_files, seed_sweep_figures, toy_models
 from experiments.configs import seed_sweep as configs
 from experiments.toy_models import seed_keys
 from superalign import analysis, features, sae, sharding, toy
@@ -521,7 +521,7 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     """
     cached = out / "sizes" / f"N{n_hidden}.json"
     if bool(sharding.broadcast(np.int32(cached.exists()))):
-        return _io.read_json(cached)
+        return run_files.read_json(cached)
     t0 = time.perf_counter()
     stage = launch.Stages(f"N={n_hidden}")
     toy_params = stage("toy models", train_toy_models, cfg, n_hidden, mesh)
@@ -534,17 +534,17 @@ def run_size(cfg, n_hidden: int, out: Path, mesh, progress=True) -> dict:
     result["wall_seconds"] = time.perf_counter() - t0
     result["stage_seconds"] = stage.seconds
     if jax.process_index() == 0:
-        _io.write_json(cached, result)
+        run_files.write_json(cached, result)
     sharding.barrier(f"seed_sweep N={n_hidden} written")
-    return _io.read_json(cached)
+    return run_files.read_json(cached)
 
 
 def _check_out(cfg, out: Path) -> None:
-    """:func:`experiments._io.check_out` on process 0; every process raises if it refused."""
+    """:func:`experiments.run_files.check_out` on process 0; every process raises if it refused."""
     error = None
     if jax.process_index() == 0:
         try:
-            _io.check_out(cfg, out)
+            run_files.check_out(cfg, out)
         except ValueError as err:
             error = err
     if not bool(sharding.broadcast(np.int32(error is None))):
@@ -567,17 +567,17 @@ def run(cfg: configs.SeedSweepConfig, out, *, mesh=None, progress=True) -> dict:
     _check_out(cfg, out)
     sizes = {str(n): run_size(cfg, n, out, mesh, progress) for n in cfg.sizes}
     results = {
-        **_io.header(cfg, mesh.devices.flat),
+        **run_files.header(cfg, mesh.devices.flat),
         "processes": jax.process_count(),
         "heldout_rows": heldout_rows(cfg),
         "sizes": sizes,
     }
     results["findings"] = findings(results)
     if jax.process_index() == 0:
-        _io.write_json(out / "results.json", results)
+        run_files.write_json(out / "results.json", results)
         style.save_all(seed_sweep_figures.figures(results), out / "figures")
     sharding.barrier("seed_sweep results written")
-    return _io.read_json(out / "results.json")
+    return run_files.read_json(out / "results.json")
 
 
 # ---------------------------------------------------------------------------------------------

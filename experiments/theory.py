@@ -37,8 +37,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import superalign
-from experiments import _io, launch, theory_figures
 from experiments import figure_style as style
+from experiments import launch, run_files, theory_figures
 from experiments.configs import theory as configs
 from superalign import folds, theory
 
@@ -291,12 +291,12 @@ def run(cfg, out, *, progress=True) -> dict:
     """Run the four parts; write ``results.json`` and the figures into ``out``."""
     validate(cfg)
     out = Path(out)
-    _io.check_out(cfg, out)
+    run_files.check_out(cfg, out)
     t0 = time.perf_counter()
     key = jax.random.key(cfg.seed)
     stage = launch.Stages("theory")
     Z = _latents(cfg, jax.random.fold_in(key, 0))
-    results = _io.header(cfg)
+    results = run_files.header(cfg)
     kw = dict(progress=progress)
     results["levels"] = stage("levels", levels, cfg, Z, **kw)
     results["patterns"] = stage("patterns", patterns, cfg, Z, **kw)
@@ -305,8 +305,8 @@ def run(cfg, out, *, progress=True) -> dict:
     results["table"] = table(cfg, results)
     results["stage_seconds"] = stage.seconds
     results["wall_seconds"] = time.perf_counter() - t0
-    _io.write_json(out / "results.json", results)
-    results = _io.read_json(out / "results.json")
+    run_files.write_json(out / "results.json", results)
+    results = run_files.read_json(out / "results.json")
     style.save_all(theory_figures.figures(results), out / "figures")
     return results
 

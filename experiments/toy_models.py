@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _io, launch, toy_figures
 from experiments import figure_style as style
+from experiments import launch, run_files, toy_figures
 from experiments.configs import toy_models as configs
 from superalign import analysis, features, sae, toy
 from superalign.compare import DEFAULT_METRICS, SEED_CONDITIONS, available_metrics, score_conditions
@@ -384,17 +384,17 @@ def run_size(
         for name in ("neurons", "sae"):
             for i, seed in enumerate(cfg.seeds):
                 path = out / "activations" / f"N{n_hidden}_{name}_seed{seed}.npy"
-                _io.save_npy(path, np.asarray(acts[name][i]))
+                run_files.save_npy(path, np.asarray(acts[name][i]))
         path = out / "activations" / f"N{n_hidden}_randsae_seed{cfg.seeds[0]}.npy"
-        _io.save_npy(path, np.asarray(acts["randsae"]))
+        run_files.save_npy(path, np.asarray(acts["randsae"]))
     metrics = metric_functions(METRICS, rsa_max_stimuli=cfg.rsa_max_stimuli)
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed, metrics=metrics, progress=progress)
     scores = stage("alignment", alignment, acts, **kw)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0
     result["stage_seconds"] = stage.seconds
-    _io.write_json(_cached(out, n_hidden), result)
-    return _io.read_json(_cached(out, n_hidden))
+    run_files.write_json(_cached(out, n_hidden), result)
+    return run_files.read_json(_cached(out, n_hidden))
 
 
 @full_precision
@@ -408,7 +408,7 @@ def run(cfg: configs.ToyExperimentConfig, out, *, save_activations=False, progre
     """
     out = Path(out)
     cfg.validate()  # every setting before any work
-    _io.check_out(cfg, out)
+    run_files.check_out(cfg, out)
     todo = [n for n in cfg.sizes if save_activations or not _cached(out, n).exists()]
     shared = {}
     if todo:
@@ -423,11 +423,11 @@ def run(cfg: configs.ToyExperimentConfig, out, *, save_activations=False, progre
             args = (cfg, n, toy_params[n], sae_params[n], out, save_activations, progress)
             sizes[str(n)] = run_size(*args)
         else:
-            sizes[str(n)] = _io.read_json(_cached(out, n))
-    results = {**_io.header(cfg), "sizes": sizes}
+            sizes[str(n)] = run_files.read_json(_cached(out, n))
+    results = {**run_files.header(cfg), "sizes": sizes}
     if shared:
         results["shared_stage_seconds"] = shared
-    _io.write_json(out / "results.json", results)
+    run_files.write_json(out / "results.json", results)
     style.save_all(toy_figures.figures(results), out / "figures")
     return results
 

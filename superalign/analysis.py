@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from superalign import _checks
+from superalign import checks
 
 
 def feature_norms(W: jax.Array) -> jax.Array:
     """Row norms ``||W_i||`` of a toy model's ``W [F, N]`` (about 1 for a represented feature)."""
-    _checks.array("W", W, ndim=2)
+    checks.array("W", W, ndim=2)
     return jnp.linalg.norm(W, axis=-1)
 
 
@@ -42,7 +42,7 @@ def shared_features(W_a: jax.Array, W_b: jax.Array, threshold: float = 1.0) -> j
     Returns:
       ``[F]`` boolean mask.
     """
-    _checks.array("W_b", W_b, ndim=2)
+    checks.array("W_b", W_b, ndim=2)
     if W_a.shape[0] != W_b.shape[0]:
         raise ValueError(
             f"W_a and W_b must have the same rows (features), got {W_a.shape}, {W_b.shape}"
@@ -99,8 +99,8 @@ def feature_recovery(features: jax.Array, units: jax.Array) -> jax.Array:
     Returns:
       ``[F]`` best Pearson correlations (0 where a feature or unit never varies).
     """
-    _checks.array("features", features, ndim=2, finite=False)
-    _checks.array("units", units, ndim=2, finite=False)
+    checks.array("features", features, ndim=2, finite=False)
+    checks.array("units", units, ndim=2, finite=False)
     if features.shape[0] != units.shape[0]:
         raise ValueError(
             f"features and units must have the same rows, got {features.shape} and {units.shape}"

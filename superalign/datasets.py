@@ -55,7 +55,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,15 +105,15 @@ class DataConfig:
             raise ValueError(
                 f"name must be 'imagenet2012', 'digits', 'folder' or 'nsd', got {self.name!r}"
             )
-        _checks.positive_int("image_size", self.image_size)
-        _checks.positive_int("resize_size", self.resize_size)
+        checks.positive_int("image_size", self.image_size)
+        checks.positive_int("resize_size", self.resize_size)
         if self.resize_size < self.image_size:
             raise ValueError(
                 f"resize_size={self.resize_size} must be >= image_size={self.image_size}"
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        _checks.positive_int("shuffle_buffer", self.shuffle_buffer)
+        checks.positive_int("shuffle_buffer", self.shuffle_buffer)
         if self.name == "digits" and self.image_size % 8:
             raise ValueError(f"digits: image_size must be a multiple of 8, got {self.image_size}")
         if self.name in ("folder", "nsd"):
@@ -220,7 +220,7 @@ def batches(
       start: skip the first ``start`` batches (resuming).
     """
     _check_split(config, split, train)
-    batch_size = _checks.positive_int("batch_size", batch_size)
+    batch_size = checks.positive_int("batch_size", batch_size)
     if config.name == "digits":
         return _digits_batches(config, split, batch_size, train, seed, epoch, start)
     if config.name == "folder":
@@ -297,8 +297,8 @@ def eval_transform(image, *, image_size: int = 224, resize_size: int = 256) -> n
     Returns:
       ``[S, S, 3]`` float32, normalised with the ImageNet mean and std.
     """
-    image_size = _checks.positive_int("image_size", image_size)
-    resize_size = _checks.positive_int("resize_size", resize_size)
+    image_size = checks.positive_int("image_size", image_size)
+    resize_size = checks.positive_int("resize_size", resize_size)
     if resize_size < image_size:
         raise ValueError(f"resize_size={resize_size} must be >= image_size={image_size}")
     pil = _as_rgb(image)

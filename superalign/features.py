@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from superalign import _checks
+from superalign import checks
 
 
 def importance(n_features: int) -> jax.Array:
@@ -26,7 +26,7 @@ def importance(n_features: int) -> jax.Array:
     Returns:
       ``[F]`` float32 weights, decreasing from 1.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     i = jnp.arange(n_features, dtype=jnp.float32)
     return (1.0 + 2.0 * i / n_features) ** -2
 
@@ -43,9 +43,9 @@ def sample(key: jax.Array, n_rows: int, n_features: int, prob: float) -> jax.Arr
     Returns:
       ``[n_rows, F]`` float32; each entry is 0 with probability ``1 - prob``, else U[0, 1].
     """
-    n_rows = _checks.positive_int("n_rows", n_rows)
-    n_features = _checks.positive_int("n_features", n_features)
-    prob = _checks.probability("prob", prob)
+    n_rows = checks.positive_int("n_rows", n_rows)
+    n_features = checks.positive_int("n_features", n_features)
+    prob = checks.probability("prob", prob)
     # One uniform draw per entry: u < p marks an active entry, and given that, u / p is U[0, 1).
     # Same law as separate mask and value draws, at half the random bits (data generation is a
     # large share of a toy step on the CPU).
@@ -68,10 +68,10 @@ class DataSpec(NamedTuple):
     train_fraction: float = 0.8
 
     def validate(self) -> DataSpec:
-        _checks.positive_int("n_features", self.n_features)
-        _checks.probability("prob", self.prob)
-        _checks.positive_int("batch_size", self.batch_size)
-        _checks.positive_int("n_steps", self.n_steps)
+        checks.positive_int("n_features", self.n_features)
+        checks.probability("prob", self.prob)
+        checks.positive_int("batch_size", self.batch_size)
+        checks.positive_int("n_steps", self.n_steps)
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction!r}")
         return self

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 
 
 def full_precision(fn):
@@ -193,8 +193,8 @@ def check_pair(X, Y) -> tuple[jax.Array, jax.Array]:
       X: [M, Na] source responses.
       Y: [M, Nb] target responses.
     """
-    X = _checks.array("X", X, ndim=2)
-    Y = _checks.array("Y", Y, ndim=2)
+    X = checks.array("X", X, ndim=2)
+    Y = checks.array("Y", Y, ndim=2)
     if np.shape(X)[0] != np.shape(Y)[0]:
         raise ValueError(
             f"X and Y must have the same number of stimuli (rows), got X {np.shape(X)} "

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 from superalign import folds as _folds
 
 
@@ -371,13 +371,13 @@ def _sinkhorn_plan(cost: jax.Array, cfg: SinkhornConfig, a_mask=None, b_mask=Non
 def _check_config(cfg: SinkhornConfig) -> SinkhornConfig:
     if not isinstance(cfg, SinkhornConfig):
         raise ValueError(f"config must be a SinkhornConfig, got {type(cfg).__name__}")
-    _checks.probability("config.epsilon", cfg.epsilon)
-    ratio = _checks.probability("config.ratio", cfg.ratio)
+    checks.probability("config.epsilon", cfg.epsilon)
+    ratio = checks.probability("config.ratio", cfg.ratio)
     if ratio >= 1:
         raise ValueError(f"config.ratio must be in (0, 1), got {cfg.ratio!r}")
-    _checks.positive_float("config.threshold", cfg.threshold)
-    _checks.positive_float("config.stage_threshold", cfg.stage_threshold)
-    _checks.positive_int("config.max_iterations", cfg.max_iterations)
+    checks.positive_float("config.threshold", cfg.threshold)
+    checks.positive_float("config.stage_threshold", cfg.stage_threshold)
+    checks.positive_int("config.max_iterations", cfg.max_iterations)
     if (
         isinstance(cfg.momentum_start, bool)
         or not isinstance(cfg.momentum_start, int)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 
 
 class OMPResult(NamedTuple):
@@ -57,14 +57,14 @@ def _is_concrete(value) -> bool:
 
 
 def _check_problem(Y, A) -> None:
-    _checks.array("A", A, ndim=2, finite=_is_concrete(A))
-    _checks.array("Y", Y, ndim=2, width=np.shape(A)[1], finite=_is_concrete(Y))
+    checks.array("A", A, ndim=2, finite=_is_concrete(A))
+    checks.array("Y", Y, ndim=2, width=np.shape(A)[1], finite=_is_concrete(Y))
 
 
 def _check_k(k, n_features: int, max_k) -> int:
     """Validate ``k`` (concrete, or traced with a static ``max_k``); return the iteration count."""
     if max_k is not None:
-        max_k = _checks.positive_int("max_k", max_k)
+        max_k = checks.positive_int("max_k", max_k)
         if max_k > n_features:
             raise ValueError(
                 f"max_k must be at most the number of atoms (rows of A) {n_features}, got {max_k}"
@@ -185,9 +185,9 @@ def lasso(Y, A, lam, *, n_iter: int = 500, nonnegative: bool = False) -> LassoRe
       A :class:`LassoResult`.
     """
     _check_problem(Y, A)
-    n_iter = _checks.positive_int("n_iter", n_iter)
+    n_iter = checks.positive_int("n_iter", n_iter)
     if _is_concrete(lam):
-        _checks.nonnegative_float("lam", float(np.asarray(lam)) if np.ndim(lam) == 0 else lam)
+        checks.nonnegative_float("lam", float(np.asarray(lam)) if np.ndim(lam) == 0 else lam)
     dtype = jnp.promote_types(jnp.result_type(Y, A), jnp.float32)
     return _lasso(
         jnp.asarray(Y, dtype), jnp.asarray(A, dtype), jnp.asarray(lam, dtype), n_iter, nonnegative

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 from superalign import folds as _folds
 from superalign.cka import pairwise_sum
 
@@ -225,7 +225,7 @@ def rsa(
     """
     _check_choice("rdm", rdm, RDMS)
     _check_choice("compare", compare, COMPARISONS)
-    max_stimuli = _checks.positive_int("max_stimuli", max_stimuli)
+    max_stimuli = checks.positive_int("max_stimuli", max_stimuli)
     if max_stimuli < 3:
         raise ValueError(f"max_stimuli must be at least 3, got {max_stimuli}")
     p = _folds.prepare(X, Y, n_folds, seed)

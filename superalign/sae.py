@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from superalign import _checks
+from superalign import checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,25 +58,25 @@ class SAEConfig:
     decode: Literal["auto", "dense", "gather"] = "auto"
 
     def __post_init__(self):
-        _checks.positive_int("n_inputs", self.n_inputs)
-        _checks.positive_int("n_latents", self.n_latents)
+        checks.positive_int("n_inputs", self.n_inputs)
+        checks.positive_int("n_latents", self.n_latents)
         if not (isinstance(self.k, int) and not isinstance(self.k, bool)) or not (
             1 <= self.k <= self.n_latents
         ):
             raise ValueError(f"k must be in 1..n_latents={self.n_latents}, got {self.k}")
         if self.k_aux is not None:
-            _checks.positive_int("k_aux", self.k_aux)
+            checks.positive_int("k_aux", self.k_aux)
             if self.k_aux > self.n_latents:
                 raise ValueError(
                     f"k_aux must be in 1..n_latents={self.n_latents} or None, got {self.k_aux}"
                 )
-        _checks.nonnegative_float("aux_weight", self.aux_weight)
-        _checks.positive_int("dead_steps", self.dead_steps)
-        _checks.positive_float("lr", self.lr)
-        _checks.nonnegative_float("weight_decay", self.weight_decay)
-        _checks.positive_float("adam_eps", self.adam_eps)
-        _checks.positive_int("batch_size", self.batch_size)
-        _checks.positive_int("n_epochs", self.n_epochs)
+        checks.nonnegative_float("aux_weight", self.aux_weight)
+        checks.positive_int("dead_steps", self.dead_steps)
+        checks.positive_float("lr", self.lr)
+        checks.nonnegative_float("weight_decay", self.weight_decay)
+        checks.positive_float("adam_eps", self.adam_eps)
+        checks.positive_int("batch_size", self.batch_size)
+        checks.positive_int("n_epochs", self.n_epochs)
         for name, allowed in (
             ("init", ("xavier_normal", "kaiming_uniform")),
             ("loss_reduction", ("mean", "sum_dims")),
@@ -252,7 +252,7 @@ def encode(
       ``(latents, pre)``, both ``[..., n_latents]``; ``latents`` has at most ``k`` non-zeros.
     """
     if isinstance(x, (list, tuple)):
-        x = jnp.asarray(_checks.array("x", x, width=config.n_inputs, finite=False), jnp.float32)
+        x = jnp.asarray(checks.array("x", x, width=config.n_inputs, finite=False), jnp.float32)
     code, pre = _encode_sparse(config, params, preprocess(config, x), k)
     return _densify(code, config.n_latents), pre
 
@@ -374,14 +374,14 @@ def check_activations(config: SAEConfig, x, name: str = "x", *, n_seeds: int | N
     Returns ``x``, or a numpy array if it was a list or tuple.
     """
     if n_seeds is not None:
-        x = _checks.array(name, x, ndim=3, width=config.n_inputs)
+        x = checks.array(name, x, ndim=3, width=config.n_inputs)
         if x.shape[0] != n_seeds or x.shape[1] < config.batch_size:
             raise ValueError(
                 f"{name} must be [n_seeds={n_seeds}, >= batch_size={config.batch_size}, "
                 f"{config.n_inputs}], got shape {x.shape}"
             )
         return x
-    x = _checks.array(name, x, ndim=2, width=config.n_inputs)
+    x = checks.array(name, x, ndim=2, width=config.n_inputs)
     if np.shape(x)[0] < config.batch_size:
         raise ValueError(
             f"{name} must have at least batch_size={config.batch_size} rows, got shape "
@@ -409,7 +409,7 @@ def make_train(config: SAEConfig) -> Callable[[jax.Array, jax.Array], tuple[SAEP
 
     def train(key: jax.Array, x: jax.Array, k=None):
         if isinstance(x, jax.core.Tracer):  # traced (jit / vmap): only the shape can be checked
-            _checks.array("x", x, ndim=2, width=config.n_inputs, finite=False)
+            checks.array("x", x, ndim=2, width=config.n_inputs, finite=False)
         else:
             # numpy, a list or a tuple: a jax array (a traced row index cannot index numpy).
             x = jnp.asarray(check_activations(config, x))
@@ -453,7 +453,7 @@ def train_on_stream(
         state = init_state(config, k_init)
         step = jax.jit(run)
     else:
-        n_seeds = _checks.positive_int("n_seeds", n_seeds)
+        n_seeds = checks.positive_int("n_seeds", n_seeds)
         state = jax.vmap(lambda k: init_state(config, k))(jax.random.split(k_init, n_seeds))
         step = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
     history = []
@@ -574,7 +574,7 @@ def make_data_parallel_train(config: SAEConfig, mesh=None):
         return state.params, jax.tree.map(lambda m: m.reshape(-1), metrics)
 
     def train(key: jax.Array, xb: jax.Array, k=None):
-        _checks.array("xb", xb, ndim=3, width=config.n_inputs, finite=False)
+        checks.array("xb", xb, ndim=3, width=config.n_inputs, finite=False)
         if xb.shape[1] != config.batch_size:
             raise ValueError(
                 f"xb must be [n_batches, batch_size={config.batch_size}, {config.n_inputs}], "

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from superalign import _checks
+from superalign import checks
 
 SEEDS = "seeds"
 """The default name of the mesh axis."""
@@ -57,7 +57,7 @@ def initialize(
     :func:`put` places values on the global mesh and :func:`gather` brings results back.
     """
     if num_processes is not None:
-        num_processes = _checks.positive_int("num_processes", num_processes)
+        num_processes = checks.positive_int("num_processes", num_processes)
     if process_id is not None and (
         isinstance(process_id, bool)
         or not isinstance(process_id, int)
@@ -66,7 +66,7 @@ def initialize(
         raise ValueError(
             f"process_id must be an int in [0, num_processes={num_processes}), got {process_id!r}"
         )
-    _checks.positive_int("timeout_s", timeout_s)
+    checks.positive_int("timeout_s", timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks, recovery
+from superalign import checks, recovery
 
 
 def _int_in(name: str, value, lo: int, hi: int) -> int:
@@ -73,8 +73,8 @@ def sparse_latents(key, n_samples: int, n_features: int, k, *, max_k: int | None
     Returns:
       [M, F] float32 latents ``Z``.
     """
-    n_samples = _checks.positive_int("n_samples", n_samples)
-    n_features = _checks.positive_int("n_features", n_features)
+    n_samples = checks.positive_int("n_samples", n_samples)
+    n_features = checks.positive_int("n_features", n_features)
     if max_k is None:
         max_k = _int_in("k", k, 1, n_features)
     else:
@@ -108,7 +108,7 @@ def equal_mixing(n_features: int, n) -> jax.Array:
     Returns:
       [F, F] float32 matrix ``A_b`` (``A_a = I_F`` is the pure single-feature system).
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     if _concrete(n):
         _int_in("n", int(np.asarray(n)), 1, n_features)
     i = jnp.arange(n_features)
@@ -141,7 +141,7 @@ def level_ridge_reverse(n_features: int, n: int) -> float:
     ``P_ii = rank / F`` for every i and the score is ``sqrt((F - gcd(n, F) + 1) / F)``.
     The other direction (predicting ``Y_b`` from ``Y_a = Z``) is exactly 1.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     n = _int_in("n", n, 1, n_features)
     return math.sqrt((n_features - math.gcd(n, n_features) + 1) / n_features)
 
@@ -166,7 +166,7 @@ def grouped_mixing(n_features: int, group: int, shift=0) -> jax.Array:
     Returns:
       [F, F // g] float32 matrix with unit-norm columns.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     group = _int_in("group", group, 1, n_features)
     if n_features % group:
         raise ValueError(f"n_features={n_features} must be a multiple of group={group}")
@@ -191,7 +191,7 @@ def shift_score(group: int, shift: int) -> float:
     ``1/sqrt(2)`` of pairs against single features, although both systems are equally sparse.
     Soft-matching and semi-matching take the same value (every column's maximum is the same).
     """
-    group = _checks.positive_int("group", group)
+    group = checks.positive_int("group", group)
     if isinstance(shift, bool) or not isinstance(shift, numbers.Integral):
         raise ValueError(f"shift must be an integer, got {shift!r}")
     s = shift % group
@@ -208,7 +208,7 @@ def shift_ridge(group: int, shift: int) -> float:
     ``sqrt((g - s')^2 + s'^2) / g``: also deflated (each system loses the within-group
     differences the other keeps), but less than the permutation score.
     """
-    group = _checks.positive_int("group", group)
+    group = checks.positive_int("group", group)
     if isinstance(shift, bool) or not isinstance(shift, numbers.Integral):
         raise ValueError(f"shift must be an integer, got {shift!r}")
     s = shift % group
@@ -364,7 +364,7 @@ def level_cka(n_features: int, n: int) -> float:
     ``CKA = F / (sqrt(F) sqrt(F (2n^2+1) / (3n)))``. It falls more slowly than the permutation
     score ``1/sqrt(n)`` (2n^2+1 < 3n^2): CKA sees the shared subspace, not the units.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     n = _int_in("n", n, 1, (n_features + 1) // 2)
     return math.sqrt(3 * n / (2 * n * n + 1))
 
@@ -381,7 +381,7 @@ def level_rotation(n_features: int, n: int) -> float:
     From ``A_b`` to ``I`` the prediction ``a R`` is the symmetric square root of ``A_b A_b^T``,
     whose rows have norm 1, and the score is the same mean singular value.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     n = _int_in("n", n, 1, n_features)
     k = np.arange(1, n_features)
     kernel = np.abs(np.sin(np.pi * k * n / n_features) / np.sin(np.pi * k / n_features))
@@ -400,8 +400,8 @@ def shift_rotation(n_features: int, group: int, shift: int) -> float:
     Pairs against shifted pairs (g = 2, s = 1): ``(1/m) sum_k |cos(pi k / m)|``, about
     ``2/pi = 0.64`` for large m, above the permutation score 1/2.
     """
-    n_features = _checks.positive_int("n_features", n_features)
-    group = _checks.positive_int("group", group)
+    n_features = checks.positive_int("n_features", n_features)
+    group = checks.positive_int("group", group)
     if n_features % group:
         raise ValueError(f"n_features={n_features} must be a multiple of group={group}")
     if isinstance(shift, bool) or not isinstance(shift, numbers.Integral):
@@ -425,7 +425,7 @@ def shift_cka(group: int, shift: int) -> float:
 
 def _check_mixing_pair(A_a, A_b, names=("A_a", "A_b")):
     for name, A in zip(names, (A_a, A_b), strict=True):
-        _checks.array(name, A, ndim=2, finite=_concrete(A))
+        checks.array(name, A, ndim=2, finite=_concrete(A))
         if _concrete(A) and not np.all(np.linalg.norm(np.asarray(A), axis=0) > 0):
             raise ValueError(f"{name} must have no all-zero column, got shape {np.shape(A)}")
     if np.shape(A_a)[0] != np.shape(A_b)[0]:
@@ -459,11 +459,11 @@ def gaussian_mixing(key, n_features: int, n_units, *, max_units: int | None = No
     Returns:
       [F, max_units] float32 matrix ``A``; ``Z A`` has zero columns past ``n_units``.
     """
-    n_features = _checks.positive_int("n_features", n_features)
+    n_features = checks.positive_int("n_features", n_features)
     if max_units is None:
-        max_units = _checks.positive_int("n_units", n_units)
+        max_units = checks.positive_int("n_units", n_units)
     else:
-        max_units = _checks.positive_int("max_units", max_units)
+        max_units = checks.positive_int("max_units", max_units)
         if _concrete(n_units):
             _int_in("n_units", int(np.asarray(n_units)), 1, max_units)
     A = jax.random.normal(key, (n_features, max_units)) * (jnp.arange(max_units) < n_units)
@@ -611,10 +611,10 @@ def make_recovery_sweep(
     Returns:
       ``sweep(key, ks [nK] int, ns [nN] int) -> RecoverySweep``.
     """
-    n_samples = _checks.positive_int("n_samples", n_samples)
-    n_features = _checks.positive_int("n_features", n_features)
+    n_samples = checks.positive_int("n_samples", n_samples)
+    n_features = checks.positive_int("n_features", n_features)
     max_k = _int_in("max_k", max_k, 1, n_features)
-    max_units = _checks.positive_int("max_units", max_units)
+    max_units = checks.positive_int("max_units", max_units)
 
     def point(key, k, n):
         problem = recovery_problem(

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from superalign import _checks
+from superalign import checks
 from superalign import features as feats
 
 
@@ -40,13 +40,13 @@ class ToyConfig:
     train_fraction: float = 0.8  # of the batches, for the SAE split downstream
 
     def __post_init__(self):
-        _checks.positive_int("n_hidden", self.n_hidden)
+        checks.positive_int("n_hidden", self.n_hidden)
         # Checked here under its own name (the dataset calls it ``prob``); the dataset checks
         # n_features, batch_size, n_steps and train_fraction.
-        _checks.probability("feature_prob", self.feature_prob)
+        checks.probability("feature_prob", self.feature_prob)
         self.data.validate()
-        _checks.positive_float("lr", self.lr)
-        _checks.nonnegative_float("weight_decay", self.weight_decay)
+        checks.positive_float("lr", self.lr)
+        checks.nonnegative_float("weight_decay", self.weight_decay)
 
     @property
     def data(self) -> feats.DataSpec:
@@ -182,7 +182,7 @@ def make_train_seeds(
     step's working set in the CPU's cache when there are many seeds (see benchmarks/train.py).
     The number of seeds must be a multiple of ``group_size`` (or smaller than it).
     """
-    group_size = _checks.positive_int("group_size", group_size)
+    group_size = checks.positive_int("group_size", group_size)
     batch_fn = _default_batches(config, batch_fn)
     update = jax.vmap(make_update(config), in_axes=(0, None))
 

@@ -7,7 +7,7 @@ import pytest
 from experiment_checks import ROOT, check_figures, check_record, command
 
 import superalign
-from experiments import _io, brain_alignment, launch
+from experiments import brain_alignment, launch, run_files
 from experiments.configs import brain as configs
 from superalign.brain import nsd
 
@@ -155,7 +155,7 @@ def test_nsd_config_on_a_tree_in_the_release_layout(synthetic_run, nsd_run):
 
 
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
-    _io.write_json(tmp_path / "config.json", {"name": "other"})
+    run_files.write_json(tmp_path / "config.json", {"name": "other"})
     with pytest.raises(ValueError, match="another config"):
         brain_alignment.run(configs.get_config("synthetic"), tmp_path)
 

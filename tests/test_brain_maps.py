@@ -9,8 +9,8 @@ from PIL import Image
 from sklearn.model_selection import KFold
 
 import superalign
-from experiments import _io, brain_maps
-from experiments._nsd_synthetic import AFFINE
+from experiments import brain_maps, run_files
+from experiments.nsd_synthetic import AFFINE
 from superalign.brain import nsd
 
 SHAPE = (8, 9, 7)
@@ -145,7 +145,7 @@ def drawn(tmp_path_factory):
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
     _write(brain_maps.anatomy_path(root, 1), 1000.0 * (x**2 + y**2 + z**2 <= 1))
     seen = {}
-    save = _io.save_figure
+    save = run_files.save_figure
 
     def spy(fig, stem):
         cbar = [ax for ax in fig.axes if ax.get_ylabel() == brain_maps.GAIN_LABEL]
@@ -154,7 +154,7 @@ def drawn(tmp_path_factory):
 
     img = _gain_volume()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_io, "save_figure", spy)
+        mp.setattr(run_files, "save_figure", spy)
         paths = brain_maps.save_gain_maps(
             {1: img, 5: img}, root, tmp_path_factory.mktemp("figures"), name="ResNet-18 layer4"
         )

@@ -2,7 +2,7 @@
 
 Two random-init torchvision ResNet18s (10 classes, ``torch.manual_seed(0)`` and ``(1)``) saved
 with ``torch.save`` stand in for trained seeds; generated PNGs for the image folder; the
-miniature NSD (``experiments/_nsd_synthetic.py``, one subject, one session) for the brain. Both
+miniature NSD (``experiments/nsd_synthetic.py``, one subject, one session) for the brain. Both
 runs start in the background with the session (see conftest.py); the checks run in-process.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from experiment_checks import ROOT, check_alignment, check_figures, check_record, command
 
-from experiments import _nsd_synthetic, brain_alignment, dnn_alignment, launch
+from experiments import brain_alignment, dnn_alignment, launch, nsd_synthetic
 from experiments.configs import brain as brain_configs
 from experiments.configs import dnn as dnn_configs
 from superalign import datasets, models
@@ -57,10 +57,10 @@ def _inputs(base: Path) -> Path:
                 image = Image.fromarray(small).resize((40, 44), Image.BILINEAR)
                 image.save(base / folder / f"img{i:03d}.png")
         (base / "empty").mkdir()
-        spec = _nsd_synthetic.SyntheticSpec(
+        spec = nsd_synthetic.SyntheticSpec(
             subjects=(1,), n_sessions=1, shape=(10, 12, 9), n_train_rows=200
         )
-        _nsd_synthetic.build(base / "nsd", spec)
+        nsd_synthetic.build(base / "nsd", spec)
         (base / "done").touch()
         return base
 

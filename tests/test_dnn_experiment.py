@@ -21,7 +21,7 @@ from experiment_checks import (
 )
 
 import superalign
-from experiments import _io, _shards, dnn_alignment, dnn_train, launch
+from experiments import dnn_alignment, dnn_train, launch, run_files, shards
 from experiments.configs import dnn as configs
 from superalign import datasets, models
 
@@ -117,12 +117,12 @@ def test_shards_round_trip_and_resume(tmp_path):
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(1000, 7)).astype(np.float32)
     ids = rng.permutation(5000)[:1000].astype(np.int64)
-    w = _shards.ShardWriter(tmp_path, 7, 300)
+    w = shards.ShardWriter(tmp_path, 7, 300)
     for lo in range(0, 700, 100):
         w.append(acts[lo : lo + 100], ids[lo : lo + 100])
     assert w.rows == 600  # two whole shards committed, 100 rows buffered
     # A "killed" writer: a new one continues after the committed rows only.
-    w = _shards.ShardWriter(tmp_path, 7, 300)
+    w = shards.ShardWriter(tmp_path, 7, 300)
     assert w.rows == 600 and not w.complete
     with pytest.raises(ValueError, match="not a shard boundary"):
         w.truncate(500)
@@ -130,7 +130,7 @@ def test_shards_round_trip_and_resume(tmp_path):
     for lo in range(300, 1000, 350):
         w.append(acts[lo : lo + 350], ids[lo : lo + 350])
     w.close()
-    r = _shards.ShardReader(tmp_path)
+    r = shards.ShardReader(tmp_path)
     assert r.rows == 1000 and r.units == 7
     np.testing.assert_array_equal(r.read(), acts)
     np.testing.assert_array_equal(r.image_ids(), ids)
@@ -142,12 +142,12 @@ def test_shards_round_trip_and_resume(tmp_path):
     np.testing.assert_array_equal(np.sort(shuffled, axis=0), np.sort(acts, axis=0))
     np.testing.assert_array_equal(shuffled, np.concatenate(list(r.chunks(400, seed=3))))
     with pytest.raises(ValueError, match=r"activations must be \[n, 7\]"):
-        _shards.ShardWriter(tmp_path / "x", 7, 300).append(acts[:, :3], ids)
+        shards.ShardWriter(tmp_path / "x", 7, 300).append(acts[:, :3], ids)
     with pytest.raises(ValueError, match="no activation shards"):
-        _shards.ShardReader(tmp_path / "x")  # nothing committed
-    _shards.ShardWriter(tmp_path / "y", 7, 300).append(acts[:300], ids[:300])
+        shards.ShardReader(tmp_path / "x")  # nothing committed
+    shards.ShardWriter(tmp_path / "y", 7, 300).append(acts[:300], ids[:300])
     with pytest.raises(ValueError, match="incomplete"):
-        _shards.ShardReader(tmp_path / "y")
+        shards.ShardReader(tmp_path / "y")
 
 
 def test_training_resumes_after_sigkill_and_two_devices_agree(aligned, killed, two_devices):
@@ -178,7 +178,7 @@ def test_training_resumes_after_sigkill_and_two_devices_agree(aligned, killed, t
 def test_alignment_end_to_end(aligned):
     out, stdout = aligned
     assert "soft_matching" in stdout and "validation accuracy" in stdout
-    results = _io.read_json(out / "results.json")
+    results = run_files.read_json(out / "results.json")
     assert results["config"]["models"] == ["vit_small"] and "jax" in results["versions"]
     res = results["models"]["vit_small"]
     assert set(res["accuracy"]) == {"0", "1"}

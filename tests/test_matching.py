@@ -41,7 +41,7 @@ def _random(m, na, nb, seed):
     )
 
 
-def _planted(m, na, nb, seed, noise=1.0):
+def planted(m, na, nb, seed, noise=1.0):
     """A noisy permutation: Y's units are X's shared latents in shuffled order, plus noise."""
     rng = np.random.default_rng(seed)
     n = max(na, nb)
@@ -81,7 +81,7 @@ def test_semi_matching_matches_numpy_loop(direction):
 
 @pytest.mark.parametrize("shape", [(40, 40), (25, 40), (40, 25)])
 def test_permutation_score_matches_linear_sum_assignment(shape):
-    X, Y = _planted(1500, *shape, seed=2, noise=2.0)
+    X, Y = planted(1500, *shape, seed=2, noise=2.0)
     result = superalign.permutation_score(X, Y)
     folds, _ = _reference_folds(X, Y)
     expected = []
@@ -109,7 +109,7 @@ def _exact_reference(X, Y, n_folds):
 )
 @pytest.mark.parametrize("data", ["random", "planted"])
 def test_soft_matching_agrees_with_exact_lp(na, nb, m, n_folds, data):
-    make = _random if data == "random" else _planted
+    make = _random if data == "random" else planted
     X, Y = make(m, na, nb, seed=na + nb)
     exact = _exact_reference(X, Y, n_folds)
     ours_exact = superalign.soft_matching(X, Y, n_folds=n_folds, solver="exact")
@@ -126,7 +126,7 @@ def test_soft_matching_agrees_with_exact_lp(na, nb, m, n_folds, data):
 @pytest.mark.parametrize("data", ["random", "planted"])
 def test_log_domain_sinkhorn_reaches_the_same_optimum(data):
     """Kernel mode (default) and ott's log-domain updates solve the same problem."""
-    make = _random if data == "random" else _planted
+    make = _random if data == "random" else planted
     X, Y = make(3000, 80, 120, seed=11)
     exact = superalign.soft_matching(X, Y, solver="exact")
     kernel = superalign.soft_matching(X, Y, solver="sinkhorn")
@@ -155,7 +155,7 @@ def test_masked_sinkhorn_equals_the_live_subproblem():
 
 
 def test_soft_matching_equals_permutation_for_equal_sizes():
-    X, Y = _planted(3000, 50, 50, seed=7, noise=1.5)
+    X, Y = planted(3000, 50, 50, seed=7, noise=1.5)
     soft = superalign.soft_matching(X, Y, solver="exact")
     perm = superalign.permutation_score(X, Y)
     np.testing.assert_allclose(soft.folds, perm.folds, atol=1e-6)
@@ -240,7 +240,7 @@ def test_soft_and_semi_from_one_pass_equal_the_separate_calls():
 @pytest.fixture(scope="module")
 def auto_pair():
     """12 x 11 units, one of X's dead: 11 x 11 live units."""
-    X, Y = _planted(600, 12, 11, seed=15)
+    X, Y = planted(600, 12, 11, seed=15)
     X[:, 4] = 0.0
     return X, Y
 

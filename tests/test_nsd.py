@@ -9,7 +9,7 @@ import scipy.io
 import scipy.stats
 
 import superalign
-from experiments import _nsd_synthetic as synthetic
+from experiments import nsd_synthetic as synthetic
 from superalign.brain import noise_ceiling as nc
 from superalign.brain import nsd
 

@@ -6,7 +6,7 @@ import pytest
 from superalign import sae
 
 
-def _planted(n_inputs, n_atoms, k, n_rows, seed=0):
+def planted(n_inputs, n_atoms, k, n_rows, seed=0):
     """Rows with exactly k active atoms of a unit-norm random dictionary, values U[0.5, 1.5]."""
     keys = jax.random.split(jax.random.key(seed), 3)
     D = jax.random.normal(keys[0], (n_atoms, n_inputs))
@@ -20,7 +20,7 @@ def _planted(n_inputs, n_atoms, k, n_rows, seed=0):
 
 
 def test_recovers_planted_dictionary_and_stays_k_sparse():
-    D, X = _planted(32, 64, 4, 100_000)
+    D, X = planted(32, 64, 4, 100_000)
     cfg = sae.toy_config(32, n_latents=64, k=4, batch_size=256, n_epochs=4, shuffle=True, lr=3e-3)
     params, metrics = jax.jit(sae.make_train(cfg))(jax.random.key(0), X)
     W_dec = params.W_dec / jnp.linalg.norm(params.W_dec, axis=1, keepdims=True)
@@ -37,7 +37,7 @@ def test_recovers_planted_dictionary_and_stays_k_sparse():
 
 def test_aux_loss_revives_dead_latents():
     """A learning rate of 1e-2 kills latents; the paper's AuxK weight (0.1) revives most."""
-    D, X = _planted(16, 32, 3, 50_000, seed=3)
+    D, X = planted(16, 32, 3, 50_000, seed=3)
     base = dict(n_latents=32, k=3, batch_size=256, lr=1e-2)
     without = jax.jit(sae.make_train(sae.toy_config(16, aux_weight=0.0, **base)))
     with_aux = jax.jit(sae.make_train(sae.toy_config(16, **base)))  # each compiled once

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import superalign
-from experiments import _io, launch
+from experiments import launch, run_files
 from experiments import theory as experiment
 from experiments.configs import theory as configs
 from superalign import theory
@@ -165,7 +165,7 @@ def test_experiment_guards_fail_before_any_work(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="table_level must be one of"):
         experiment.validate(launch.apply_overrides(configs.tiny(), ["--config.table_level=3"]))
-    _io.write_json(tmp_path / "other" / "config.json", {"seed": 5})
+    run_files.write_json(tmp_path / "other" / "config.json", {"seed": 5})
     with pytest.raises(ValueError, match="another config"):
         experiment.run(configs.tiny(), tmp_path / "other")
     assert not (tmp_path / "other" / "results.json").exists()

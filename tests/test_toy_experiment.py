@@ -20,7 +20,7 @@ from experiment_checks import (
 from references import sklearn_ridge_loop
 
 import superalign
-from experiments import _io, launch, toy_models
+from experiments import launch, run_files, toy_models
 from experiments.configs import toy_models as configs
 
 FIGURES = (
@@ -143,7 +143,7 @@ def test_every_preset_is_valid():
 
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
     cfg = configs.quick()
-    _io.write_json(tmp_path / "config.json", {"n_steps": 3})
+    run_files.write_json(tmp_path / "config.json", {"n_steps": 3})
     with pytest.raises(ValueError, match="another config"):
         toy_models.run(cfg, tmp_path)
 

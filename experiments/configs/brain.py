@@ -6,7 +6,7 @@ DNNs read from trained torchvision checkpoints (``--config.checkpoint``, ``--con
 experiment extracts the features of the images the subjects saw itself; the per-DNN fields left
 empty (``()``) take the architecture's defaults (:func:`resolve_checkpoints`). ``quick`` (also
 ``synthetic``): the same pipeline on a miniature NSD written by
-``experiments/_nsd_synthetic.py`` (a few minutes on a CPU). ``tiny``: a smaller miniature (two
+``experiments/nsd_synthetic.py`` (a few minutes on a CPU). ``tiny``: a smaller miniature (two
 subjects, one "DNN"; seconds).
 
 The config holds an :class:`superalign.SAEConfig` (``sae``) shared by every DNN, whose
@@ -20,8 +20,8 @@ import dataclasses
 from pathlib import Path
 
 from experiments import launch
-from experiments._nsd_synthetic import SyntheticSpec
 from experiments.configs.dnn import CHECKPOINT_ARCHS
+from experiments.nsd_synthetic import SyntheticSpec
 from superalign import datasets, models, sae
 
 ARCH_LABELS = {

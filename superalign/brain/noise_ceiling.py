@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 
 
 class Repetitions(NamedTuple):
@@ -69,7 +69,7 @@ def zscore(betas) -> tuple[np.ndarray, np.ndarray]:
       column; ``constant`` [V] bool, True for voxels with no variance in this session (their ``z``
       is 0: a z-score is undefined there, and the caller decides what to do with them).
     """
-    _checks.array("betas", betas, ndim=2)
+    checks.array("betas", betas, ndim=2)
     x = np.asarray(betas, dtype=np.float64)
     mean = x.mean(axis=0)
     centred = x - mean
@@ -91,7 +91,7 @@ def zscore_by_session(betas, session) -> tuple[np.ndarray, np.ndarray]:
       ``(z, constant)``: ``z`` [T, V] float32; ``constant`` [V] bool, True for voxels constant in
       at least one session.
     """
-    _checks.array("betas", betas, ndim=2)
+    checks.array("betas", betas, ndim=2)
     session = np.asarray(session)
     if session.shape != (np.shape(betas)[0],):
         raise ValueError(
@@ -117,7 +117,7 @@ def repetitions(image_ids, n_repetitions: int = 3) -> Repetitions:
     Returns:
       A :class:`Repetitions`. Raises ``ValueError`` if some image was shown more often.
     """
-    n_repetitions = _checks.positive_int("n_repetitions", n_repetitions)
+    n_repetitions = checks.positive_int("n_repetitions", n_repetitions)
     ids = np.asarray(image_ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"image_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
@@ -135,7 +135,7 @@ def repetitions(image_ids, n_repetitions: int = 3) -> Repetitions:
 
 
 def _check_trials(z, trials) -> np.ndarray:
-    _checks.array("z", z, ndim=2)
+    checks.array("z", z, ndim=2)
     trials = np.asarray(trials)
     if trials.ndim != 2 or trials.shape[1] < 2 or not np.issubdtype(trials.dtype, np.integer):
         raise ValueError(
@@ -172,7 +172,7 @@ def noise_ceiling(z, trials, n_average: int | None = None) -> NoiseCeiling:
       A :class:`NoiseCeiling`.
     """
     trials = _check_trials(z, trials)
-    n = trials.shape[1] if n_average is None else _checks.positive_int("n_average", n_average)
+    n = trials.shape[1] if n_average is None else checks.positive_int("n_average", n_average)
     z = np.asarray(z)
     mean = np.zeros((trials.shape[0], z.shape[1]), np.float64)
     for r in range(trials.shape[1]):
@@ -205,6 +205,6 @@ def closed_form_noise_ceiling(noise_var, n_average: int = 3) -> np.ndarray:
     e = np.asarray(noise_var, np.float64)
     if np.any(~np.isfinite(e) | (e <= 0) | (e > 1)):
         raise ValueError(f"noise_var must be in (0, 1], got values in [{e.min()}, {e.max()}]")
-    n = _checks.positive_int("n_average", n_average)
+    n = checks.positive_int("n_average", n_average)
     s = 1.0 - e
     return 100.0 * s / (s + e / n)

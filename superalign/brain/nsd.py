@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from superalign import _checks
+from superalign import checks
 from superalign.brain import noise_ceiling as _nc
 
 TRIALS_PER_SESSION = 750
@@ -308,7 +308,7 @@ class SubjectData(NamedTuple):
 def _check_sessions(subject: int, n_sessions) -> int:
     if n_sessions is None:
         return SESSIONS[subject]
-    n = _checks.positive_int("n_sessions", n_sessions)
+    n = checks.positive_int("n_sessions", n_sessions)
     if n > max(SESSIONS.values()):
         raise ValueError(f"n_sessions must be at most {max(SESSIONS.values())}, got {n}")
     return n
@@ -559,7 +559,7 @@ def iter_stimuli(
       ``(ids, images)``: ``ids [m]`` int64 and ``images [m, H, W, 3]`` uint8, ``m <= chunk_size``,
       in the order of ``image_ids``.
     """
-    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    chunk_size = checks.positive_int("chunk_size", chunk_size)
     path = _require(stimuli_path(root), "NSD stimulus file")
     n = num_stimuli(root)
     ids = np.arange(n, dtype=np.int64) if image_ids is None else _check_stimulus_ids(image_ids, n)

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superalign import _checks, matching, regression, sae
+from superalign import checks, matching, regression, sae
 from superalign import folds as _folds
 
 MATCHING_CONDITIONS = ("neuron_neuron", "sae_sae", "randsae_sae")
@@ -256,8 +256,8 @@ def default_sae_config(
       expansion: latents per unit.
       **overrides: any :class:`superalign.sae.SAEConfig` field (``k``, ``n_epochs``, ``lr``...).
     """
-    _checks.positive_int("n_inputs", n_inputs)
-    _checks.positive_int("expansion", expansion)
+    checks.positive_int("n_inputs", n_inputs)
+    checks.positive_int("expansion", expansion)
     k = overrides.pop("k", default_k(n_inputs, expansion * n_inputs))
     if n_train_rows is not None and "n_epochs" not in overrides:
         overrides["n_epochs"] = default_epochs(n_train_rows, overrides.get("batch_size", 64))
@@ -296,7 +296,7 @@ def nonfinite_rows(x, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
 
 def check_rows(name: str, x, *, width: int | None = None, min_rows: int = 1):
     """Refuse an activation matrix of the wrong rank, width or size, or with NaN/Inf rows."""
-    _checks.array(name, x, ndim=2, width=width, finite=False)
+    checks.array(name, x, ndim=2, width=width, finite=False)
     shape = tuple(np.shape(x))
     if shape[1] < 1:
         raise ValueError(f"{name} must have at least one unit (column), got shape {shape}")
@@ -475,8 +475,8 @@ def train_saes(
     Returns:
       ``(params, metrics)`` with a leading ``[n_seeds]`` axis; metrics over all steps.
     """
-    n_seeds = _checks.positive_int("n_seeds", n_seeds)
-    chunk_rows = _checks.positive_int("chunk_rows", chunk_rows)
+    n_seeds = checks.positive_int("n_seeds", n_seeds)
+    chunk_rows = checks.positive_int("chunk_rows", chunk_rows)
     rows = np.arange(np.shape(x)[0]) if rows is None else np.asarray(rows)
     n = rows.size
     if n < config.batch_size:
@@ -741,7 +741,7 @@ def compare(
         bad settings.
     """
     # --- validation: everything before any training.
-    sae_seeds = _checks.positive_int("sae_seeds", sae_seeds)
+    sae_seeds = checks.positive_int("sae_seeds", sae_seeds)
     null_permutations = _nonnegative_int("null_permutations", null_permutations)
     seed = _check_seed(seed)
     fns = check_metrics(metrics)
@@ -1075,12 +1075,12 @@ def _prepare(args, log) -> _Plan:
     """Read, align and validate everything; every input error is raised here."""
     from superalign import io
 
-    sae_seeds = _checks.positive_int("--sae-seeds", args.sae_seeds)
+    sae_seeds = checks.positive_int("--sae-seeds", args.sae_seeds)
     _nonnegative_int("--null-permutations", args.null_permutations)
     _check_seed(args.seed)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     check_metrics(metrics)
-    _checks.positive_int("--chunk-rows", args.chunk_rows)
+    checks.positive_int("--chunk-rows", args.chunk_rows)
     a = io.read_activations(args.a, key=args.key)
     b = io.read_activations(args.b, key=args.key)
     align = io.align_rows(a, b)

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from superalign import _checks
+from superalign import checks
 from superalign.models.capture import check_layer_names, tap
 
 BLOCKS = ("basic", "bottleneck")
@@ -65,9 +65,9 @@ class ResNetConfig:
             raise ValueError(
                 f"stage_sizes must be a non-empty tuple of positive ints, got {self.stage_sizes!r}"
             )
-        _checks.positive_int("width", self.width)
-        _checks.positive_int("num_classes", self.num_classes)
-        _checks.positive_int("image_size", self.image_size)
+        checks.positive_int("width", self.width)
+        checks.positive_int("num_classes", self.num_classes)
+        checks.positive_int("image_size", self.image_size)
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from superalign import _checks
+from superalign import checks
 from superalign.models.capture import check_layer_names, tap
 
 
@@ -50,8 +50,8 @@ class ViTConfig:
 
     def __post_init__(self):
         for name in ("patch_size", "hidden", "depth", "heads", "mlp_dim", "num_classes"):
-            _checks.positive_int(name, getattr(self, name))
-        _checks.positive_int("image_size", self.image_size)
+            checks.positive_int(name, getattr(self, name))
+        checks.positive_int("image_size", self.image_size)
         if self.hidden % self.heads:
             raise ValueError(f"heads={self.heads} must divide hidden={self.hidden}")
         if self.image_size % self.patch_size:

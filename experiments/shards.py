@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import _io
+from experiments import run_files
 
 
 class _Shards:
@@ -56,7 +56,7 @@ class ShardWriter(_Shards):
         self.directory = Path(directory)
         index = self.directory / "index.json"
         if index.exists():
-            self.index = _io.read_json(index)
+            self.index = run_files.read_json(index)
             if self.index["units"] != units or self.index["shard_rows"] != shard_rows:
                 raise ValueError(
                     f"{self.directory} holds shards of {self.index['units']} units and "
@@ -108,8 +108,8 @@ class ShardWriter(_Shards):
     def _flush(self, n: int) -> None:
         acts, ids = np.concatenate(self._acts), np.concatenate(self._ids)
         name = f"{len(self.index['shards']):05d}"
-        _io.save_npy(self.directory / f"{name}.activations.npy", acts[:n])
-        _io.save_npy(self.directory / f"{name}.image_ids.npy", ids[:n])
+        run_files.save_npy(self.directory / f"{name}.activations.npy", acts[:n])
+        run_files.save_npy(self.directory / f"{name}.image_ids.npy", ids[:n])
         self.index["shards"].append([name, n])
         self.index["rows"] += n
         self._write_index()
@@ -117,7 +117,7 @@ class ShardWriter(_Shards):
         self._buffered = len(acts) - n
 
     def _write_index(self) -> None:
-        _io.write_json(self.directory / "index.json", self.index)
+        run_files.write_json(self.directory / "index.json", self.index)
 
     def close(self) -> None:
         """Flush the remainder and mark the directory complete."""
@@ -135,7 +135,7 @@ class ShardReader(_Shards):
         path = self.directory / "index.json"
         if not path.exists():
             raise ValueError(f"{self.directory} holds no activation shards (no index.json)")
-        self.index = _io.read_json(path)
+        self.index = run_files.read_json(path)
         if not self.index["complete"]:
             raise ValueError(f"{self.directory}: the shards are incomplete (writer not closed)")
 
