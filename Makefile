@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile -e '.[test]'
 	touch $(STAMP) $(CORE)
 
+# The suite starts many Python processes (experiment runs, notebook kernels); with bytecode
+# written on first import (even where PYTHONDONTWRITEBYTECODE is set), each later one reads it.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q
 
 reproduce: $(CORE)
 	$(BIN)/python -m experiments.toy_models

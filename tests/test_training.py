@@ -174,3 +174,22 @@ def test_bad_arguments_are_refused():
     hook.save(N_STEPS + EVERY, _init())
     with pytest.raises(ValueError, match="step 15, past n_steps=12: it belongs to another run"):
         training.run(_init(), _segment, N_STEPS, every=EVERY, checkpoints=hook)
+
+
+def test_restored_state_lowers_to_the_programs_of_a_fresh_one(tmp_path):
+    """Arrays restored from orbax come back placed like the state they restore into: uncommitted
+    where it was, so a resumed run compiles the same programs as an uninterrupted one (and finds
+    them in the persistent compilation cache); committed where it was."""
+    fresh = _init()
+    pinned = jax.device_put(fresh, jax.devices()[0])
+    assert not fresh.w.committed and pinned.w.committed
+    with training.OrbaxCheckpoints(tmp_path) as ckpt:
+        ckpt.save(EVERY, fresh)
+        _, restored = ckpt.restore(fresh)
+        _, restored_pinned = ckpt.restore(pinned)
+    _assert_bitwise(restored, fresh)
+    assert not any(a.committed for a in jax.tree.leaves(restored))
+    assert all(a.committed for a in jax.tree.leaves(restored_pinned))
+    lowered = _steps.lower(fresh, 0, EVERY).as_text()
+    assert _steps.lower(restored, 0, EVERY).as_text() == lowered
+    assert _steps.lower(restored_pinned, 0, EVERY).as_text() != lowered
