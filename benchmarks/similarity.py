@@ -26,28 +26,44 @@ from tests.references import rsatoolbox_rsa
 def planted(m: int, n: int, seed: int, n_latents: int = 256, block: int = 4096):
     """Two [m, n] float32 jax arrays reading the same latents, generated in row blocks.
 
-    ``X = relu(Z A + noise)``, ``Y = Z B + noise`` with Gaussian ``Z`` [m, n_latents]; each block
-    of rows is drawn from its own key, so the peak is the outputs plus one block.
+    ``X = relu(Z A + noise)``, ``Y = Z B + noise`` with Gaussian ``Z`` [m, n_latents]; block ``i``
+    of rows is drawn from its own key and written in place into the two outputs, so the peak is
+    the outputs plus one block.
     """
     import jax
     import jax.numpy as jnp
 
-    n_blocks = -(-m // block)
+    n_full, rest = divmod(m, block)
     k_a, k_b, k_rows = jax.random.split(jax.random.key(seed), 3)
     A = jax.random.normal(k_a, (n_latents, n)) / np.sqrt(n_latents)
     B = jax.random.normal(k_b, (n_latents, n)) / np.sqrt(n_latents)
+    keys = jax.random.split(k_rows, n_full + (rest > 0))
+
+    def one(key):
+        kz, kx, ky = jax.random.split(key, 3)
+        z = jax.random.normal(kz, (block, n_latents))
+        x = jnp.maximum(z @ A + 0.5 * jax.random.normal(kx, (block, n)), 0.0)
+        y = z @ B + 0.5 * jax.random.normal(ky, (block, n))
+        return x, y
 
     @jax.jit
     def make():
-        def one(key):
-            kz, kx, ky = jax.random.split(key, 3)
-            z = jax.random.normal(kz, (block, n_latents))
-            x = jnp.maximum(z @ A + 0.5 * jax.random.normal(kx, (block, n)), 0.0)
-            y = z @ B + 0.5 * jax.random.normal(ky, (block, n))
-            return x, y
+        def body(i, xy):
+            x, y = one(keys[i])
+            return tuple(
+                jax.lax.dynamic_update_slice(out, new, (i * block, 0))
+                for out, new in zip(xy, (x, y), strict=True)
+            )
 
-        x, y = jax.lax.map(one, jax.random.split(k_rows, n_blocks))
-        return x.reshape(-1, n)[:m], y.reshape(-1, n)[:m]
+        xy = (jnp.zeros((m, n), jnp.float32), jnp.zeros((m, n), jnp.float32))
+        xy = jax.lax.fori_loop(0, n_full, body, xy)
+        if rest:
+            x, y = one(keys[n_full])
+            xy = (
+                xy[0].at[n_full * block :].set(x[:rest]),
+                xy[1].at[n_full * block :].set(y[:rest]),
+            )
+        return xy
 
     return make()
 
