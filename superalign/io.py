@@ -270,6 +270,31 @@ def save_params(directory, params, fingerprint: dict) -> None:
     write_json(directory / "fingerprint.json", fingerprint)
 
 
+def placed_like(restored, like):
+    """``restored`` (arrays orbax read back) committed to a device only where ``like`` was.
+
+    Orbax returns every array committed to a device, and jit lowers committed arguments with
+    sharding annotations, so a run that continues from restored arrays would compile other
+    programs than one that did not stop, and miss them in the persistent compilation cache. An
+    array whose counterpart in ``like`` is an uncommitted array, or an abstract one
+    (``jax.ShapeDtypeStruct``, numpy) with no sharding, is given back uncommitted; the others are
+    returned as orbax placed them.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def place(r, a):
+        if isinstance(a, jax.Array):
+            uncommitted = not a.committed
+        else:
+            uncommitted = getattr(a, "sharding", None) is None
+        if uncommitted and isinstance(r, jax.Array):
+            return jnp.asarray(np.asarray(r))
+        return r
+
+    return jax.tree.map(place, restored, like)
+
+
 def load_params(directory, abstract, fingerprint: dict):
     """The params saved by :func:`save_params` with this fingerprint, or None.
 
@@ -285,7 +310,7 @@ def load_params(directory, abstract, fingerprint: dict):
     if not marker.is_file() or read_json(marker) != jsonable(fingerprint):
         return None
     with ocp.StandardCheckpointer() as ckpt:
-        return ckpt.restore(directory / "params", abstract)
+        return placed_like(ckpt.restore(directory / "params", abstract), abstract)
 
 
 def enable_compilation_cache(directory, min_compile_seconds: float = 0.1) -> Path | None:

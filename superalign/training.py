@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+
+from superalign import io
 
 State = TypeVar("State")
 
@@ -45,22 +45,6 @@ def _abstract(like):
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
         like,
     )
-
-
-def _placed_like(restored, like):
-    """``restored`` with each array committed to its device only where ``like``'s array is.
-
-    Orbax returns arrays committed to a device. An array that was not (one left where JAX put
-    it) is given back uncommitted, so that a resumed run lowers and compiles the same programs
-    as an uninterrupted one and finds them in the persistent compilation cache.
-    """
-
-    def place(r, a):
-        if isinstance(a, jax.Array) and not a.committed and isinstance(r, jax.Array):
-            return jnp.asarray(np.asarray(r))
-        return r
-
-    return jax.tree.map(place, restored, like)
 
 
 class OrbaxCheckpoints:
@@ -104,7 +88,7 @@ class OrbaxCheckpoints:
                 )
                 self.manager.delete(step)
                 continue
-            return step, _placed_like(state, like)
+            return step, io.placed_like(state, like)
         return 0, None
 
     def save(self, done: int, state) -> None:

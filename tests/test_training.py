@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superalign import training
+from superalign import io, training
 
 N_STEPS, EVERY = 12, 3
 
@@ -193,3 +193,15 @@ def test_restored_state_lowers_to_the_programs_of_a_fresh_one(tmp_path):
     lowered = _steps.lower(fresh, 0, EVERY).as_text()
     assert _steps.lower(restored, 0, EVERY).as_text() == lowered
     assert _steps.lower(restored_pinned, 0, EVERY).as_text() != lowered
+
+
+def test_loaded_params_lower_to_the_programs_of_fresh_ones(tmp_path):
+    """``io.load_params`` (trained SAEs that a rerun of compare reuses) places its arrays as
+    ``io.placed_like`` does for an abstract structure: uncommitted, so the rerun compiles the
+    programs of the first run."""
+    fresh = _init()
+    io.save_params(tmp_path / "params", fresh, {"seed": 0})
+    loaded = io.load_params(tmp_path / "params", jax.eval_shape(_init), {"seed": 0})
+    _assert_bitwise(loaded, fresh)
+    assert not any(a.committed for a in jax.tree.leaves(loaded))
+    assert _steps.lower(loaded, 0, EVERY).as_text() == _steps.lower(fresh, 0, EVERY).as_text()
