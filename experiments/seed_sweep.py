@@ -72,7 +72,13 @@ from experiments import launch, run_files, seed_sweep_figures, toy_models
 from experiments.configs import seed_sweep as configs
 from experiments.toy_models import seed_keys
 from superalign import analysis, features, sae, sharding, toy
-from superalign.compare import SEED_CONDITIONS, available_metrics, score_conditions
+from superalign.compare import (
+    MATCHING_CONDITIONS,
+    REGRESSION_CONDITIONS,
+    SEED_CONDITIONS,
+    available_metrics,
+    score_conditions,
+)
 from superalign.folds import full_precision
 
 PRESETS = configs.PRESETS
@@ -259,6 +265,11 @@ def metric_functions(cfg) -> dict:
     return fns
 
 
+_AFTER_FIRST_K = tuple(
+    dict.fromkeys(c for c in (*MATCHING_CONDITIONS, *REGRESSION_CONDITIONS) if c != "neuron_neuron")
+)
+"""The conditions scored again for each further k (Neuron->Neuron is the same for every k)."""
+
 _EXTRAS = ("converged", "alpha", "n_stimuli")
 """Per-fold fields of a metric result kept next to its folds (soft-matching, ridge, RSA)."""
 
@@ -304,6 +315,7 @@ def score_pair(cfg, scfg, fns, z, neurons, toy_W, sae_params, rand_params) -> di
         "scores": {},
     }
     encode = _encoder(scfg)
+    first: dict = {}  # the first k's records: Neuron->Neuron does not depend on k
     for j, k in enumerate(cfg.sae_ks):
         lat = [
             encode(jax.tree.map(lambda x, i=i, j=j: x[i, j], sae_params), h, k)
@@ -319,12 +331,18 @@ def score_pair(cfg, scfg, fns, z, neurons, toy_W, sae_params, rand_params) -> di
             metrics=fns,
             n_folds=cfg.n_folds,
             seed=cfg.fold_seed,
+            conditions=None if j == 0 else _AFTER_FIRST_K,
         )
-        out["scores"][str(k)] = {
+        records = {
             metric: {
                 cond: _record(r[0] if cond in SEED_CONDITIONS else r) for cond, r in conds.items()
             }
             for metric, conds in scores.items()
+        }
+        first = first or records
+        out["scores"][str(k)] = {
+            metric: {"neuron_neuron": first[metric]["neuron_neuron"], **conds}
+            for metric, conds in records.items()
         }
         out["recovery"][f"sae_k{k}"] = np.asarray(analysis.feature_recovery(z, lat[0]))
     return out

@@ -31,6 +31,7 @@ from superalign.compare import (
     main,
     null_permutation,
     sae_key,
+    score_conditions,
     split_rows,
     train_saes,
 )
@@ -109,6 +110,25 @@ def test_sae_conditions_are_the_metric_on_the_latents(data, result):
             else:
                 assert hasattr(res, "folds")
     assert list(c.scores["ridge"]) == ["neuron_neuron", "sae_neuron", "sae_sae", "randsae_neuron"]
+
+
+def test_a_subset_of_conditions_scores_only_those(data, result):
+    """``conditions=`` skips the others; the ones scored equal those of a full call."""
+    c, _ = result
+    X, Y = (a[c.scoring_rows] for a in data)
+    lx, ly = encode(c.saes["x"], X)[0], encode(c.saes["y"], Y)[0]
+    lr = encode(c.saes["random"], X)[0][0]
+    got = score_conditions(
+        X, Y, lx, ly, lr, metrics=("semi_matching",), conditions=("sae_sae", "sae_neuron")
+    )
+    assert list(got["semi_matching"]) == ["sae_sae"]  # sae_neuron is ridge's alone
+    for s in range(2):
+        np.testing.assert_array_equal(
+            got["semi_matching"]["sae_sae"][s].folds, c.scores["semi_matching"]["sae_sae"][s].folds
+        )
+    for bad in ("sae_sae", ("neuron_sae",)):
+        with pytest.raises(ValueError, match="conditions must be"):
+            score_conditions(X, Y, lx, ly, lr, metrics=("semi_matching",), conditions=bad)
 
 
 def test_seeds_are_a_vmap_axis_equal_to_training_each_seed_alone(data, result):

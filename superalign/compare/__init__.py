@@ -46,7 +46,7 @@ import numbers
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -584,6 +584,7 @@ def score_conditions(
     n_folds: int = 5,
     seed: int = 0,
     callback: Callable[[int, int], None] | None = None,
+    conditions: Collection[str] | None = None,
 ) -> dict:
     """Every condition of every metric, from neuron activations and SAE latents of the same rows.
 
@@ -599,12 +600,18 @@ def score_conditions(
       n_folds: folds K.
       seed: fold seed.
       callback: ``callback(done, total)`` after each metric call.
+      conditions: score only these conditions (None: all of each metric's), e.g. to skip
+        Neuron->Neuron when it was scored already on the same X and Y.
 
     Returns:
       ``scores[metric][condition]``: a result, or a tuple of S results for
       :data:`SEED_CONDITIONS` (seed ``s``: ``sae_x[s]`` with ``sae_y[s]``).
     """
     fns = check_metrics(metrics)
+    every = set(MATCHING_CONDITIONS) | set(REGRESSION_CONDITIONS)
+    if conditions is not None and (isinstance(conditions, str) or not set(conditions) <= every):
+        raise ValueError(f"conditions must be a collection of {sorted(every)}, got {conditions!r}")
+    wanted_conditions = every if conditions is None else set(conditions)
     n_seeds = int(np.shape(sae_x)[0])
     if np.ndim(sae_x) != 3 or np.ndim(sae_y) != 3 or np.shape(sae_y)[0] != n_seeds:
         raise ValueError(
@@ -621,6 +628,8 @@ def score_conditions(
     jobs: dict[tuple[str, int], list[str]] = {}
     for metric in fns:
         for cond in conditions_of(metric):
+            if cond not in wanted_conditions:
+                continue
             for s in range(n_seeds) if cond in SEED_CONDITIONS else (None,):
                 jobs.setdefault((cond, s), []).append(metric)
     results: dict = {metric: {} for metric in fns}
@@ -653,6 +662,7 @@ def score_conditions(
             if cond in SEED_CONDITIONS
             else conds[cond][None]
             for cond in conditions_of(metric)
+            if cond in wanted_conditions
         }
         for metric, conds in results.items()
     }
