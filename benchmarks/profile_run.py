@@ -9,7 +9,9 @@ backend, the persistent compilation cache, the printed summary), and records thr
 - each stage's wall time, from the launcher's stage log lines;
 - JAX's compile events: tracing, lowering and XLA backend compilation seconds, programs
   compiled, and hits of the persistent compilation cache;
-- a timer around every call of a metric function (its result waited for), with the shapes.
+- a timer around every call of a metric function (its result waited for), with the shapes;
+- the process's peak resident memory so far at the end of each stage and call (the first
+  row where it jumps is where the run's peak memory is reached).
 
 Compile seconds are attributed to the stage or metric call whose interval holds them. Writes
 ``<out>/profile.json`` (also when the run fails or is interrupted) and prints a table.
@@ -21,6 +23,7 @@ import functools
 import importlib
 import json
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,11 @@ EVENTS = {
     "/jax/core/compile/backend_compile_duration": "compile_s",
 }
 CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+def _peak_gb() -> float:
+    """Peak resident memory of this process so far, GB (Linux reports kilobytes)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
 
 
 class Recorder:
@@ -72,7 +80,12 @@ class Recorder:
                     prefix, name, seconds = record.args
                     end = time.perf_counter()
                     recorder.stages.append(
-                        {"stage": f"{prefix} {name}", "start": end - seconds, "end": end}
+                        {
+                            "stage": f"{prefix} {name}",
+                            "start": end - seconds,
+                            "end": end,
+                            "peak_gb": _peak_gb(),
+                        }
                     )
 
         return Stages(level=logging.INFO)
@@ -86,7 +99,13 @@ class Recorder:
             out = jax.block_until_ready(fn(*args, **kwargs))
             shapes = [list(getattr(a, "shape", ())) for a in args[:2]]
             self.calls.append(
-                {"call": label, "shapes": shapes, "start": start, "end": time.perf_counter()}
+                {
+                    "call": label,
+                    "shapes": shapes,
+                    "start": start,
+                    "end": time.perf_counter(),
+                    "peak_gb": _peak_gb(),
+                }
             )
             return out
 
@@ -99,6 +118,7 @@ class Recorder:
                     key: it[key],
                     **({"shapes": it["shapes"]} if "shapes" in it else {}),
                     "wall_s": round(it["end"] - it["start"], 2),
+                    "peak_gb": it["peak_gb"],
                     **self.within(it["start"], it["end"]),
                 }
                 for it in items
@@ -107,6 +127,7 @@ class Recorder:
         return {
             "status": status,
             "wall_s": round(wall, 2),
+            "peak_gb": _peak_gb(),
             "total": self.within(self.t0, float("inf")),
             "stages": rows(self.stages, "stage"),
             "metric_calls": rows(self.calls, "call"),
@@ -131,25 +152,31 @@ def _wrap_metrics(recorder: Recorder) -> None:
 
 
 def table(report: dict) -> str:
-    """Stages in order, then the metric calls summed per metric and shapes."""
+    """Stages in order, then the metric calls summed per metric and shapes (peak: the largest)."""
     keys = ("wall_s", "trace_s", "lower_s", "compile_s", "programs", "cache_hits")
     calls: dict = {}
     for row in report["metric_calls"]:
-        agg = calls.setdefault((row["call"], str(row["shapes"])), dict.fromkeys(keys, 0) | {"n": 0})
+        agg = calls.setdefault(
+            (row["call"], str(row["shapes"])), dict.fromkeys(keys, 0) | {"n": 0, "peak_gb": 0.0}
+        )
         agg["n"] += 1
+        agg["peak_gb"] = max(agg["peak_gb"], row["peak_gb"])
         for k in keys:
             agg[k] += row[k]
     lines = [
-        f"status {report['status']}, wall {report['wall_s']:.1f} s; whole run: "
+        f"status {report['status']}, wall {report['wall_s']:.1f} s, peak RSS "
+        f"{report['peak_gb']} GB; whole run: "
         + ", ".join(f"{k} {v}" for k, v in report["total"].items()),
         "",
-        "| stage / metric calls | wall s | trace s | lower s | compile s | programs | cache hits |",
-        "|---|---|---|---|---|---|---|",
+        "| stage / metric calls | wall s | trace s | lower s | compile s | programs | cache hits "
+        "| peak RSS so far (GB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [(row["stage"], row) for row in report["stages"]]
     rows += [(f"{n} x{agg['n']} {shapes}", agg) for (n, shapes), agg in calls.items()]
     for name, row in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4g}" for k in keys) + " |")
+        cells = [f"{row[k]:.4g}" for k in keys] + [f"{row['peak_gb']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -193,14 +193,14 @@ def train(
 
 
 def compilation_cache() -> Path:
-    """Turn on JAX's persistent compilation cache, so that a second run compiles little.
+    """Turn on JAX's persistent compilation cache, so that a second run compiles nothing.
 
-    The folder is ``$SUPERALIGN_CACHE`` or ``~/.cache/superalign/jax``; programs that took at
-    least 0.5 s to compile are kept. A cache JAX already has (``JAX_COMPILATION_CACHE_DIR``) is
-    kept with its own settings.
+    The folder is ``$SUPERALIGN_CACHE`` or ``~/.cache/superalign/jax``; every program is kept
+    (:func:`superalign.io.enable_compilation_cache`). A cache JAX already has
+    (``JAX_COMPILATION_CACHE_DIR``) is kept with its own settings.
     """
     path = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "superalign" / "jax"
-    return io.enable_compilation_cache(path, min_compile_seconds=0.5)
+    return io.enable_compilation_cache(path)
 
 
 def _name(module) -> str:
