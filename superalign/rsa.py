@@ -141,12 +141,17 @@ def _doubled_centred_ranks(v, valid):
 
 
 def _pearson(u, v, w):
-    """Weighted Pearson correlation of ``u`` and ``v`` (``w`` 1.0/0.0), tree sums."""
+    """Weighted Pearson correlation of ``u`` and ``v`` (``w`` 1.0/0.0), tree sums.
+
+    The two norms are taken apart: Spearman's doubled ranks of a fold of S stimuli reach
+    ``S (S - 1) / 2`` in magnitude, and their sum of squares about ``S^6 / 24``, so the product
+    of the two sums overflows float32 from about 2,800 stimuli on (every fold then scored 0).
+    """
     total = pairwise_sum
     n = total(w)
     u = (u - total(u * w) / n) * w
     v = (v - total(v * w) / n) * w
-    return total(u * v) / jnp.sqrt(total(u * u) * total(v * v))
+    return total(u * v) / (jnp.sqrt(total(u * u)) * jnp.sqrt(total(v * v)))
 
 
 @partial(jax.jit, static_argnames=("rdm", "compare"))

@@ -59,6 +59,25 @@ def test_spearman_ties_use_average_ranks():
     )
 
 
+def test_correlation_of_large_ranks_does_not_overflow():
+    """Spearman's doubled ranks of a 5,000-stimulus fold reach 1.25e7; their sums of squares
+    (about 6.5e20 each) overflowed float32 when multiplied, and every fold scored 0."""
+    rng = np.random.default_rng(5)
+    m = 1000
+    u = rng.standard_normal(m)
+    v = 0.6 * u + 0.8 * rng.standard_normal(m)
+    w = np.ones(m)
+    w[-7:] = 0.0  # entries outside the triangle's valid pairs
+    expected = np.corrcoef(u[w > 0], v[w > 0])[0, 1]
+    for scale in (1.0, 1.25e7 * 2e3):  # sum of squares up to about 6e26: the product 4e53
+        got = rsa_module._pearson(
+            np.float32(scale) * u.astype(np.float32),
+            np.float32(scale) * v.astype(np.float32),
+            w.astype(np.float32),
+        )
+        assert float(got) == pytest.approx(expected, abs=1e-5)
+
+
 def test_upper_triangle_lists_every_pair_once():
     s = 10
     D = np.arange(s * s, dtype=np.float32).reshape(s, s)
