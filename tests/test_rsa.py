@@ -3,8 +3,10 @@
 
 import importlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from references import rsatoolbox_rsa
 
 import superalign
@@ -76,6 +78,23 @@ def test_correlation_of_large_ranks_does_not_overflow():
             w.astype(np.float32),
         )
         assert float(got) == pytest.approx(expected, abs=1e-5)
+
+
+def test_host_ranks_are_the_device_ranks():
+    """On CPUs the ranks come from numpy (``pure_callback``); they equal the jitted ones."""
+    rng = np.random.default_rng(7)
+    for n, levels in ((1001, 5), (4000, 1000), (257, None)):
+        v = rng.random(n) if levels is None else rng.integers(0, levels, n)  # ties, or none
+        v = v.astype(np.float32)
+        valid = rng.random(n) < 0.9
+        device = rsa_module._doubled_centred_ranks(jnp.asarray(v), jnp.asarray(valid))
+        host = rsa_module._doubled_centred_ranks_host(v, valid)
+        assert host.dtype == np.float32
+        np.testing.assert_array_equal(host, np.asarray(device))
+        # Against scipy: doubled average ranks of the valid entries, centred on n + 1.
+        ranks = scipy.stats.rankdata(v[valid])
+        np.testing.assert_array_equal(host[valid], 2 * ranks - (valid.sum() + 1))
+        assert (host[~valid] == 0).all()
 
 
 def test_upper_triangle_lists_every_pair_once():
