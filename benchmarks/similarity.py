@@ -56,7 +56,8 @@ def planted(m: int, n: int, seed: int, n_latents: int = 256, block: int = 4096):
             )
 
         xy = (jnp.zeros((m, n), jnp.float32), jnp.zeros((m, n), jnp.float32))
-        xy = jax.lax.fori_loop(0, n_full, body, xy)
+        if n_full:  # (traced even for zero iterations: a block larger than m cannot be)
+            xy = jax.lax.fori_loop(0, n_full, body, xy)
         if rest:
             x, y = one(keys[n_full])
             xy = (
