@@ -167,7 +167,7 @@ def _ranks(v, valid, host: bool):
     if not host:
         return _doubled_centred_ranks(v, valid)
     shape = jax.ShapeDtypeStruct(v.shape, v.dtype)
-    return jax.pure_callback(_doubled_centred_ranks_host, shape, v, valid)
+    return jax.pure_callback(_doubled_centred_ranks_host, shape, v, valid, vmap_method="sequential")
 
 
 def _pearson(u, v, w):
