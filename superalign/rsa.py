@@ -141,25 +141,18 @@ def _doubled_centred_ranks(v, valid):
 
 
 def _doubled_centred_ranks_host(v, valid):
-    """:func:`_doubled_centred_ranks` in numpy, the same integers (for CPU backends).
+    """:func:`_doubled_centred_ranks` by scipy's ``rankdata`` on the host (for CPU backends).
 
     XLA's sort on a CPU is an order of magnitude slower than numpy's (0.23 s against 0.017 s for
     500,000 floats on a 2-core CPU), and the ranks are exact integers either way, so on a CPU
     the ranking runs on the host through ``jax.pure_callback`` and the scores stay bitwise equal.
     """
+    from scipy.stats import rankdata
+
     v, valid = np.asarray(v), np.asarray(valid)
-    v = np.where(valid, v, np.inf)
-    order = np.argsort(v, kind="stable")
-    s = v[order]
-    pos = np.arange(v.shape[0], dtype=np.int64)
-    new = np.concatenate([[True], s[1:] != s[:-1]])
-    last = np.concatenate([s[1:] != s[:-1], [True]])
-    start = np.maximum.accumulate(np.where(new, pos, 0))
-    end = np.minimum.accumulate(np.where(last, pos, v.shape[0])[::-1])[::-1]
-    n = np.int64(valid.sum())
-    doubled = np.empty_like(pos)
-    doubled[order] = start + end + 1 - n
-    return np.where(valid, doubled, 0).astype(v.dtype)
+    out = np.zeros(v.shape, v.dtype)
+    out[valid] = 2.0 * rankdata(v[valid]) - (valid.sum() + 1)  # average ranks: exact halves
+    return out
 
 
 def _ranks(v, valid, host: bool):
