@@ -6,13 +6,7 @@
 # to $OUT. Packages missing there (ott-jax, jaxopt, POT) can be put as wheels in .whl/.
 set -u
 OUT=${OUT:-runs/gpu_check}
-mkdir -p "$OUT"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh  # $OUT, the wheels of .whl/, PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
 python3 -c "import jax, ott; print('jax', jax.__version__, jax.devices(), 'ott', ott.__version__)" \
   2>&1 | tee -a "$OUT/env.txt"

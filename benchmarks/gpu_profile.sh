@@ -16,13 +16,7 @@ OUT=${OUT:-runs/gpu_profile}
 DEADLINE=${DEADLINE:-560}
 TOY_ARGS=${TOY_ARGS:-}      # e.g. "--config tiny" to try the script out
 SWEEP_ARGS=${SWEEP_ARGS:-}
-mkdir -p "$OUT"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh  # $OUT, the wheels of .whl/, PYTHONPATH
 export SUPERALIGN_CACHE=/tmp/superalign_jax_cache
 rm -rf "$SUPERALIGN_CACHE"
 {
@@ -44,6 +38,7 @@ grep -A40 "^status" "$OUT/toy.txt" | head -60
 
 left=$(( DEADLINE - $(elapsed) ))
 echo "sweep: $left s left" | tee -a "$OUT/env.txt"
+(( left > 0 )) || exit 0  # (timeout 0 would mean no limit at all)
 t=$(date +%s.%N)
 timeout -s INT -k 15 "$left" python3 -m benchmarks.profile_run seed_sweep --out /tmp/sweep \
   --no-progress $SWEEP_ARGS > "$OUT/sweep.txt" 2>&1
