@@ -96,13 +96,14 @@ def quick() -> ToyExperimentConfig:
 
 
 def tiny() -> ToyExperimentConfig:
-    """Seconds: F = 16, N = 4, 60 batches of 64 rows, SAEs of 16 latents (tests, notebooks)."""
+    """Seconds: F = 16, N in {4, 8}, 400 batches of 64 rows in checkpointed segments of 40, SAEs
+    of 16 latents (tests, notebooks)."""
     return ToyExperimentConfig(
-        toy=toy.ToyConfig(n_hidden=1, n_features=16, batch_size=64, n_steps=60),
+        toy=toy.ToyConfig(n_hidden=1, n_features=16, batch_size=64, n_steps=400),
         sae=sae.toy_config(1, n_latents=16, k=3, batch_size=64),
-        sizes=(4,),
+        sizes=(4, 8),
         n_folds=3,
-        segment_steps=20,
+        segment_steps=40,
     )
 
 
