@@ -88,6 +88,25 @@ def test_cka_limits_and_invariances():
     assert superalign.cka(X, Y).mean > 0.1
 
 
+@pytest.mark.parametrize("debiased", [False, True])
+def test_extreme_scales_and_offsets_keep_float64_accuracy(pair, debiased):
+    """Recordings in tesla (1e-13) or in the millions, and a large offset over a small spread:
+    the same CKA as the float64 reference on the same float32 numbers."""
+    X, Y = pair
+    # The offset case without the pair's dead units: offset, they are constant but not zero,
+    # which the reference's all-zero rule would not remove.
+    x, y = np.delete(X, 4, axis=1), np.delete(Y, 7, axis=1)
+    cases = {
+        "tiny": (X * np.float32(1e-13), Y),
+        "huge": (X, Y * np.float32(1e9)),
+        "both": (X * np.float32(1e-20), Y * np.float32(1e15)),
+        "offset": (np.float32(1e4) + np.float32(0.01) * x, np.float32(-3e4) + np.float32(0.01) * y),
+    }
+    for name, (a, b) in cases.items():
+        got = superalign.cka(a, b, seed=2, debiased=debiased).folds
+        np.testing.assert_allclose(got, _reference(a, b, debiased, seed=2), atol=1e-5, err_msg=name)
+
+
 def test_second_call_does_not_recompile(pair):
     X, Y = pair
     superalign.cka(X, Y)
