@@ -101,16 +101,21 @@ def upper_triangle(D: jax.Array) -> jax.Array:
 
 
 def _pattern_rdm(x, keep, n_units, rdm):
-    """[S, S] RDM of the rows of ``x`` ([S, N], dead columns zero) over ``n_units`` live units."""
+    """[S, S] RDM of the rows of ``x`` ([S, N], dead columns zero, the first row a real
+    stimulus) over ``n_units`` live units."""
     hi = jax.lax.Precision.HIGHEST
     if rdm == "correlation":
         x = (x - x.sum(1, keepdims=True) / n_units) * keep
         norm = jnp.sqrt((x * x).sum(1, keepdims=True))
         x = x / jnp.where(norm > 0, norm, 1.0)
         return 1.0 - jnp.matmul(x, x.T, precision=hi)
-    # rsatoolbox's formula on the raw patterns. (Centring the columns first would cancel less,
-    # but it rounds integer-valued patterns: their distances, exact as they are, would lose
-    # their ties, and Spearman's average ranks with them.)
+    # rsatoolbox's formula, on the patterns minus the first stimulus's pattern: distances do not
+    # change, and |x_i|^2 + |x_j|^2 - 2 x_i . x_j no longer cancels a large common offset (raw
+    # recordings at 1e4 with a spread of 0.1 lost every digit). The shift is exact for the
+    # integer-valued patterns whose distances tie exactly, and for every pattern close to the
+    # first; centring the columns on their mean instead would round integer patterns, and their
+    # distances would lose their ties (and Spearman's average ranks with them).
+    x = x - x[:1]
     sq = (x * x).sum(1)
     # Not divided by the number of units here: a positive scale changes neither comparison, and
     # a division fused into the program can round equal distances differently (vectorised and

@@ -50,6 +50,18 @@ def test_rsa_matches_rsatoolbox(pair, rdm, compare):
     )
 
 
+@pytest.mark.parametrize("compare", ["spearman", "pearson"])
+def test_euclidean_rdms_of_a_large_common_offset(pair, compare):
+    """Raw recordings far from zero (1e4, with a spread of about 0.1): the distances, and so the
+    comparison, are those of rsatoolbox (float64) on the same float32 numbers."""
+    X, Y = pair
+    a, b = np.float32(1e4) + np.float32(0.05) * X, np.float32(-2e4) + np.float32(0.05) * Y
+    result = superalign.rsa(a, b, rdm="euclidean", compare=compare, seed=1)
+    np.testing.assert_allclose(
+        result.folds, rsatoolbox_rsa(a, b, "euclidean", compare, seed=1), atol=1e-5
+    )
+
+
 def test_spearman_ties_use_average_ranks():
     # Small integer patterns: squared distances are exact in float32 and heavily tied.
     rng = np.random.default_rng(4)
