@@ -166,7 +166,7 @@ def semi_matching(
 
 
 def _check_direction(direction):
-    if direction not in ("target", "source"):
+    if not isinstance(direction, str) or direction not in ("target", "source"):
         raise ValueError(f"direction must be 'target' or 'source', got {direction!r}")
 
 

@@ -74,7 +74,16 @@ class RidgeResult(NamedTuple):
 
 def check_alphas(alphas) -> np.ndarray:
     """Return ``alphas`` as a 1-D float64 array, or raise if any is not a finite number > 0."""
-    a = np.asarray(alphas, dtype=np.float64) if alphas is not None else DEFAULT_ALPHAS
+    if alphas is None:
+        return DEFAULT_ALPHAS
+    a = np.asarray(alphas)
+    if a.dtype == bool or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"alphas must be real numbers (ints or floats), got {a.dtype} entries: {alphas!r}"
+        )
+    a = a.astype(np.float64)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"alphas must be a non-empty 1-D sequence, got shape {a.shape}")
     if not np.all(np.isfinite(a) & (a > 0)):

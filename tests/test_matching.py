@@ -236,6 +236,8 @@ def test_soft_and_semi_from_one_pass_equal_the_separate_calls():
     np.testing.assert_array_equal(semi.matches, ref_semi.matches)
     with pytest.raises(ValueError, match="direction"):
         superalign.soft_and_semi_matching(X, Y, direction="both")
+    with pytest.raises(ValueError, match="direction must be 'target' or 'source'"):
+        superalign.semi_matching(X, Y, direction=np.array(["target"]))  # unhashable
     with pytest.raises(ValueError, match="solver"):
         superalign.soft_and_semi_matching(X, Y, solver="lp")
 

@@ -64,7 +64,9 @@ def test_default_alphas_are_the_papers_sweep():
 
 
 @pytest.mark.parametrize(
-    "alphas", [[1.0, 0.0], [-1.0], [1.0, np.nan], [np.inf], [], [[1.0, 2.0]]], ids=str
+    "alphas",
+    [[1.0, 0.0], [-1.0], [1.0, np.nan], [np.inf], [], [[1.0, 2.0]], "abc", [1 + 1j], [True]],
+    ids=str,
 )
 def test_bad_alphas_raise(alphas):
     X, Y = _latent_data(100, 5, 3, seed=4)
