@@ -93,7 +93,7 @@ def test_correlation_of_large_ranks_does_not_overflow():
 
 
 def test_host_ranks_are_the_device_ranks():
-    """On CPUs the ranks come from numpy (``pure_callback``); they equal the jitted ones."""
+    """On CPUs the ranks come from scipy on the host; they equal the jitted ones."""
     rng = np.random.default_rng(7)
     for n, levels in ((1001, 5), (4000, 1000), (257, None)):
         v = rng.random(n) if levels is None else rng.integers(0, levels, n)  # ties, or none
