@@ -1,13 +1,17 @@
 """Thin I/O for the command line: activation files, row alignment, atomic writes, checkpoints.
 
 Activation files hold ``[n, units]`` activations and, optionally, ``image_ids [n]`` (one
-integer or string per row, the stimulus of the row):
+integer or string per row, the stimulus of the row; strings stored as bytes, fixed-length or
+variable-length, are read as UTF-8 text, so the same ids match in every format):
 
 - ``.npy``: the activations only; memory-mapped, so files larger than memory are read in chunks.
 - ``.npz``: ``activations`` and optional ``image_ids`` (the format ``experiments/`` writes);
   an uncompressed member (``np.savez``) is memory-mapped, a compressed one is read whole.
 - ``.h5`` / ``.hdf5``: the dataset ``key`` (default ``activations``) and optional dataset
   ``image_ids``; read lazily by h5py slicing.
+
+A file that cannot be read (damaged, not of its suffix's format, or holding Python objects,
+which are never unpickled) raises ``ValueError`` naming the file.
 
 Nothing here computes a score: :mod:`superalign.compare` does.
 """
@@ -18,6 +22,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,8 +49,27 @@ class Activations(NamedTuple):
     path: Path
 
 
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+"""What numpy, zipfile and h5py raise on a damaged or unexpected file."""
+
+
 def _npz_member(path: Path, name: str):
-    """A member of an .npz: memory-mapped when stored uncompressed, else read whole."""
+    """A member of an .npz: memory-mapped when stored uncompressed, else read whole.
+
+    Raises:
+      ValueError: naming the file and the member, when it cannot be read (a damaged file, or
+        Python objects, which are never unpickled).
+    """
+    try:
+        return _read_npz_member(path, name)
+    except _READ_ERRORS as err:
+        raise ValueError(
+            f"{path}: cannot read the array {name!r} ({err}); expected an array of numbers or "
+            "strings as numpy writes it (np.savez)"
+        ) from None
+
+
+def _read_npz_member(path: Path, name: str):
     with zipfile.ZipFile(path) as zf:
         info = zf.getinfo(f"{name}.npy")
         if info.compress_type == zipfile.ZIP_STORED:
@@ -68,6 +92,36 @@ def _npz_member(path: Path, name: str):
         return f[name]
 
 
+def _ids_as_str(path: Path, ids: np.ndarray) -> np.ndarray:
+    """Byte-string ids decoded as UTF-8, so they match the same ids stored as text."""
+    if ids.dtype.kind != "S":
+        return ids
+    try:
+        return np.char.decode(ids, "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: image_ids are bytes that are not UTF-8 text ({err})") from None
+
+
+def _h5_ids(path: Path, f) -> np.ndarray:
+    """The ``image_ids`` dataset of an open HDF5 file; strings (any storage) as str."""
+    import h5py
+
+    ds = f["image_ids"]
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(
+            f"{path}: image_ids must be a dataset of one id per row, got a {type(ds).__name__}"
+        )
+    try:
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            return np.asarray(ds.asstr("utf-8")[()]).astype(str)
+        ids = np.asarray(ds[()])
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: image_ids are strings that are not UTF-8 text ({err})") from None
+    if ids.dtype.kind not in "biufSU":
+        raise ValueError(f"{path}: image_ids must be integers or strings, got dtype {ids.dtype}")
+    return _ids_as_str(path, ids)
+
+
 def read_activations(path, *, key: str = "activations") -> Activations:
     """Open an activation file (see the module docstring) and check its layout.
 
@@ -76,8 +130,9 @@ def read_activations(path, *, key: str = "activations") -> Activations:
       key: the activations' name in an ``.npz`` or HDF5 file.
 
     Raises:
-      ValueError: an unknown suffix, a missing key, activations that are not ``[n, units]``,
-        or ``image_ids`` that are not one distinct value per row. FileNotFoundError: no file.
+      ValueError: naming the file: an unknown suffix, a file that cannot be read as its suffix's
+        format, a missing key, activations that are not ``[n, units]``, or ``image_ids`` that
+        are not one distinct value per row. FileNotFoundError: no file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -87,28 +142,54 @@ def read_activations(path, *, key: str = "activations") -> Activations:
         raise FileNotFoundError(2, "activation file not found", str(path))
     ids = None
     if suffix == ".npy":
-        values = np.load(path, mmap_mode="r", allow_pickle=False)
+        try:
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+        except _READ_ERRORS as err:
+            raise ValueError(
+                f"{path}: cannot read it as a .npy array ({err}); expected an array of numbers "
+                "as numpy writes it (np.save)"
+            ) from None
+        if not isinstance(values, np.ndarray):
+            values.close()  # an .npz archive under a .npy name
+            raise ValueError(f"{path}: expected one array (.npy), got {type(values).__name__}")
     elif suffix == ".npz":
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+        except _READ_ERRORS as err:
+            raise ValueError(
+                f"{path}: cannot read it as an .npz file ({err}); expected a zip archive of "
+                ".npy arrays (np.savez)"
+            ) from None
         if key not in names:
             raise ValueError(f"{path} has no array {key!r} (--key); it holds {names}")
         values = _npz_member(path, key)
         if "image_ids" in names:
-            ids = np.asarray(_npz_member(path, "image_ids"))
+            ids = _ids_as_str(path, np.asarray(_npz_member(path, "image_ids")))
     else:
         import h5py
 
-        f = h5py.File(path, "r")
-        if key not in f or not isinstance(f[key], h5py.Dataset):
-            names = sorted(f.keys())
+        try:
+            f = h5py.File(path, "r")
+        except _READ_ERRORS as err:
+            raise ValueError(
+                f"{path}: cannot read it as an HDF5 file ({err}); expected an HDF5 file "
+                "(h5py) holding datasets"
+            ) from None
+        try:
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise ValueError(
+                    f"{path} has no dataset {key!r} (--key); it holds {sorted(f.keys())}"
+                )
+            values = f[key]  # keeps the file open while referenced
+            if "image_ids" in f:
+                ids = _h5_ids(path, f)
+        except ValueError:
             f.close()
-            raise ValueError(f"{path} has no dataset {key!r} (--key); it holds {names}")
-        values = f[key]  # keeps the file open while referenced
-        if "image_ids" in f:
-            ids = np.asarray(f["image_ids"][()])
-            if ids.dtype.kind == "O":  # variable-length strings
-                ids = ids.astype(str)
+            raise
+        except _READ_ERRORS as err:
+            f.close()
+            raise ValueError(f"{path}: cannot read it ({err}); expected an HDF5 file") from None
     shape = tuple(values.shape)
     if len(shape) != 2:
         raise ValueError(f"{path}: {key} must be [n, units] (2-D), got shape {shape}")
@@ -148,8 +229,13 @@ class Alignment(NamedTuple):
 def align_rows(a: Activations, b: Activations) -> Alignment:
     """Match rows by ``image_ids`` when both files have them, else by position.
 
+    Ids are compared exactly: strings as text, integers as integers (signed ids against
+    unsigned ones as int64).
+
     Raises:
-      ValueError: no common id, or (by position) different row counts.
+      ValueError: no common id, ids of kinds that cannot match (text against numbers, or
+        unsigned ids above the int64 maximum against signed ones), or (by position) different
+        row counts.
     """
     na, nb = a.values.shape[0], b.values.shape[0]
     if a.image_ids is None or b.image_ids is None:
@@ -171,9 +257,19 @@ def align_rows(a: Activations, b: Activations) -> Alignment:
             f"image_ids of {a.path} ({a.image_ids.dtype}) and {b.path} ({b.image_ids.dtype}) "
             "are of different kinds and cannot match"
         )
-    common, rows_a, rows_b = np.intersect1d(
-        a.image_ids, b.image_ids, assume_unique=True, return_indices=True
-    )
+    ids_a, ids_b = a.image_ids, b.image_ids
+    if {ids_a.dtype.kind, ids_b.dtype.kind} == {"i", "u"}:
+        # numpy would compare signed with unsigned 64-bit integers as float64, where ids above
+        # 2**53 collide; compare both as int64 instead, which holds every id when it fits.
+        unsigned = a if ids_a.dtype.kind == "u" else b
+        if unsigned.image_ids.size and unsigned.image_ids.max() > np.iinfo(np.int64).max:
+            raise ValueError(
+                f"image_ids of {a.path} ({ids_a.dtype}) and {b.path} ({ids_b.dtype}) cannot be "
+                f"compared exactly: {unsigned.path} has ids above the int64 maximum (up to "
+                f"{unsigned.image_ids.max()}); store both as the same integer type"
+            )
+        ids_a, ids_b = ids_a.astype(np.int64), ids_b.astype(np.int64)
+    common, rows_a, rows_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
     if common.size == 0:
         raise ValueError(
             f"{a.path} and {b.path} have no image_id in common (ids "

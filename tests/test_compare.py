@@ -143,14 +143,18 @@ def test_seeds_are_a_vmap_axis_equal_to_training_each_seed_alone(data, result):
 
 
 def test_training_reads_chunks_from_files_like_arrays(data, tmp_path):
-    """Several chunks per epoch, read from an h5py dataset: the same SAEs as from the array."""
+    """Several chunks per epoch, read from an h5py dataset: the same SAEs as from the array.
+
+    Chunks of 640 rows (700 rounded down to whole batches of 64): 640, 640 and 120 rows, so
+    every epoch takes the 1400 // 64 steps of training in memory.
+    """
     rows = np.sort(np.random.default_rng(0).choice(N_ROWS, 1400, replace=False))
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["x"] = data[0]
     cfg = config(n_epochs=2)
     key = jax.random.key(1)
     ref, metrics = train_saes(cfg, data[0], key, rows=rows, chunk_rows=700)
-    assert metrics.mse.shape == (1, 2 * 2 * (700 // 64))
+    assert metrics.mse.shape == (1, 2 * (1400 // 64))
     with h5py.File(tmp_path / "x.h5", "r") as f:
         got, _ = train_saes(cfg, f["x"], key, rows=rows, chunk_rows=700)
     for a, b in zip(got, ref, strict=True):
@@ -254,7 +258,11 @@ def test_permutation_null(data, result):
         (dict(null_permutations=-1), "null_permutations must be an integer >= 0"),
         (dict(seed=-1), "seed must be an integer"),
         (dict(n_folds=1), "n_folds must be an integer >= 2"),
-        (dict(rows=12), "n_folds=5 leaves fewer than 2 rows per fold"),
+        (
+            dict(rows=12),
+            r"n_folds=5 needs at least 10 scoring rows \(2 per fold\), but the 12 rows of X and Y "
+            "are split into 6 SAE training rows and 6 scoring rows; need at least 19 rows",
+        ),
         (dict(sae_x="wide"), "sae_x is for n_inputs=25 units but its activations have 24"),
         (dict(sae_x="seeds"), r"sae_x params must be one SAE or \[sae_seeds=3"),
         (dict(sae_x="batch"), "at least batch_size=64 SAE training rows, got 50"),
@@ -429,7 +437,9 @@ def _bad_inputs(data):
         "fewer rows than folds": (
             dict(activations=X[:8]),
             dict(activations=Y[:8]),
-            "n_folds=5 is larger than the number of stimuli",
+            "--folds=5 needs at least 10 scoring rows \\(2 per fold\\), but the 8 matched rows "
+            "of A and B are split into 4 SAE training rows and 4 scoring rows; need at least "
+            "19 rows",
         ),
         "1-D": (dict(activations=X[:, 0]), dict(activations=Y[:, 0]), "must be \\[n, units\\]"),
         "missing npz key": (dict(acts=X), dict(activations=Y), "no array 'activations'"),

@@ -39,6 +39,7 @@ The command line (``python -m superalign.compare A B --out DIR``, or ``superalig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -239,7 +240,11 @@ def default_epochs(n_train_rows: int, batch_size: int = 64) -> int:
     thousands of rows. About 4,000 steps of 64 rows let a 4x TopK SAE explain most of the
     variance of planted sparse data (the tests check FVE > 0.75 after 3,700 steps) and keep a
     50,000-row run to minutes.
+
+    Raises:
+      ValueError: ``batch_size`` is not a positive integer.
     """
+    batch_size = checks.positive_int("batch_size", batch_size)
     steps_per_epoch = max(1, n_train_rows // batch_size)
     return int(np.clip(math.ceil(_TARGET_STEPS / steps_per_epoch), 1, _MAX_EPOCHS))
 
@@ -382,13 +387,41 @@ def _check_params_shape(name: str, config: sae.SAEConfig, params: sae.SAEParams)
             )
 
 
+def _check_normalisable(
+    name: str, config: sae.SAEConfig, remedy: str = ", or an SAE with normalize_inputs=False"
+) -> None:
+    """Refuse per-sample normalisation of a single unit: it maps every row to 0."""
+    if config.normalize_inputs and config.n_inputs < 2:
+        raise ValueError(
+            f"{name} normalises every row over its units (normalize_inputs=True), which makes "
+            f"every row 0 with n_inputs={config.n_inputs}; its activations need at least 2 "
+            f"units (columns){remedy}"
+        )
+
+
+def _check_split_folds(
+    flag: str, n_folds, n_rows: int, n_train: int, n_score: int, rows: str, remedy: str
+) -> None:
+    """The fold count against the scoring half of a :func:`split_rows` split of ``n_rows``."""
+    try:
+        _folds.check_fold_counts(n_score, n_folds)
+    except ValueError:
+        if isinstance(n_folds, bool) or not isinstance(n_folds, numbers.Integral) or n_folds < 2:
+            raise
+        raise ValueError(
+            f"{flag}={n_folds} needs at least {2 * n_folds} scoring rows (2 per fold), but the "
+            f"{n_rows} {rows} are split into {n_train} SAE training rows and {n_score} scoring "
+            f"rows; need at least {4 * n_folds - 1} rows, or {remedy}"
+        ) from None
+
+
 def resolve_sae(
     name: str, spec, n_inputs: int, n_train_rows: int | None, sae_seeds: int
 ) -> tuple[sae.SAEConfig, sae.SAEParams | None]:
     """``(config, stacked params or None)`` of one side's SAE argument (see :func:`compare`)."""
     if spec is None:
-        return default_sae_config(n_inputs, n_train_rows), None
-    if isinstance(spec, sae.SAEConfig):
+        config, params = default_sae_config(n_inputs, n_train_rows), None
+    elif isinstance(spec, sae.SAEConfig):
         config, params = spec, None
     elif isinstance(spec, TrainedSAE):
         config, params = spec.config, _stacked(name, spec.params, sae_seeds)
@@ -410,6 +443,7 @@ def resolve_sae(
         raise ValueError(
             f"{name} is for n_inputs={config.n_inputs} units but its activations have {n_inputs}"
         )
+    _check_normalisable(name, config)
     if params is not None:
         _check_params_shape(name, config, params)
     return config, params
@@ -443,6 +477,31 @@ def take_rows(x, rows, block_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     return out
 
 
+def _check_chunk_rows(name: str, chunk_rows, batch_size: int, sae_name: str = "the SAE") -> int:
+    """``chunk_rows`` as an int; refuse one that is not a positive integer or below a batch."""
+    chunk_rows = checks.positive_int(name, chunk_rows)
+    if chunk_rows < batch_size:
+        raise ValueError(
+            f"{name}={chunk_rows} is smaller than the batch_size={batch_size} of {sae_name}: "
+            f"no chunk would hold one batch; need at least {batch_size} rows per chunk"
+        )
+    return chunk_rows
+
+
+def _chunk_bounds(n_rows: int, chunk_rows: int, batch_size: int) -> np.ndarray:
+    """Where :func:`train_saes` cuts ``n_rows`` training rows into chunks: ``[n_chunks + 1]``.
+
+    Chunks of ``chunk_rows`` rounded down to a multiple of ``batch_size``; the last one holds the
+    rest, merged into the chunk before it when the rest is less than one batch. The chunks
+    then hold ``n_rows // batch_size`` full batches in all.
+    """
+    size = chunk_rows // batch_size * batch_size
+    bounds = list(range(0, n_rows, size)) + [n_rows]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size:
+        del bounds[-2]
+    return np.asarray(bounds)
+
+
 def train_saes(
     config: sae.SAEConfig,
     x,
@@ -455,12 +514,17 @@ def train_saes(
 ) -> tuple[sae.SAEParams, sae.SAEMetrics]:
     """Train ``n_seeds`` SAEs on the same rows, seeds a ``vmap`` axis.
 
-    The rows are cut into ``ceil(n / chunk_rows)`` chunks of equal size, read from ``x`` one at a
-    time (so ``x`` may be a memory map or an h5py dataset larger than memory), in a new seeded
-    order every epoch; each chunk is one jitted scan over its batches (:func:`sae.make_chunk_run`,
-    a remainder of fewer than ``batch_size`` rows per chunk is skipped). Seed ``s`` uses key
-    ``split(key, n_seeds)[s]``: ``(k_init, k_data) = split(.)``, epoch keys ``split(k_data,
-    n_epochs)``; with one chunk that is exactly ``sae.make_train(config)(key_s, x[rows])``.
+    The rows are cut, in order, into chunks of ``chunk_rows`` rounded down to a multiple of
+    ``batch_size`` (the last chunk holds the rows left over, together with the chunk before it
+    when fewer than ``batch_size`` rows are left, so it may exceed ``chunk_rows`` by less than
+    one batch). The chunks are read from ``x`` one at a time (so ``x`` may be a memory map or an
+    h5py dataset larger than memory), in a new seeded order every epoch; each chunk is one
+    jitted scan over its batches (:func:`sae.make_chunk_run`). Only the last chunk can hold a
+    remainder of fewer than ``batch_size`` rows, which is skipped, so every epoch takes ``n //
+    batch_size`` steps whatever the chunking, as :func:`sae.make_train` does. Seed ``s`` uses
+    key ``split(key, n_seeds)[s]``: ``(k_init, k_data) = split(.)``, epoch keys ``split(k_data,
+    n_epochs)``; with one chunk (every ``n <= chunk_rows``) that is exactly
+    ``sae.make_train(config)(key_s, x[rows])``.
 
     Args:
       config: the SAE.
@@ -468,23 +532,27 @@ def train_saes(
       key: PRNG key.
       n_seeds: SAEs to train.
       rows: row indices of ``x`` to train on (None: all rows).
-      chunk_rows: rows per chunk at most.
+      chunk_rows: rows per chunk (see above); at least ``config.batch_size``.
       callback: ``callback(done, total)`` after each chunk (progress bars); it waits for the
         chunk to finish.
 
     Returns:
       ``(params, metrics)`` with a leading ``[n_seeds]`` axis; metrics over all steps.
+
+    Raises:
+      ValueError: ``chunk_rows`` smaller than ``config.batch_size`` (no chunk would hold a
+        batch), or fewer than ``batch_size`` rows.
     """
     n_seeds = checks.positive_int("n_seeds", n_seeds)
-    chunk_rows = checks.positive_int("chunk_rows", chunk_rows)
+    chunk_rows = _check_chunk_rows("chunk_rows", chunk_rows, config.batch_size)
     rows = np.arange(np.shape(x)[0]) if rows is None else np.asarray(rows)
     n = rows.size
     if n < config.batch_size:
         raise ValueError(
             f"the SAE needs at least batch_size={config.batch_size} training rows, got {n}"
         )
-    n_chunks = math.ceil(n / chunk_rows)
-    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
+    bounds = _chunk_bounds(n, chunk_rows, config.batch_size)
+    n_chunks = bounds.size - 1
     seed_keys = jax.random.split(key, n_seeds)
     k_init, k_data = jnp.swapaxes(jax.vmap(jax.random.split)(seed_keys), 0, 1)
     epoch_keys = jax.vmap(lambda k: jax.random.split(k, config.n_epochs))(k_data)
@@ -642,20 +710,21 @@ def score_conditions(
         A, B = sources[src](s or 0), targets[tgt](s or 0)
         kw = dict(n_folds=n_folds, seed=seed)
         out = {}
-        if joint and {"soft_matching", "semi_matching"} <= set(wanted):
-            out["soft_matching"], out["semi_matching"] = matching.soft_and_semi_matching(
-                A, B, keep_plans=False, **kw
-            )
-            done += 1
-            if callback is not None:
-                callback(done, n_calls)
-        for metric in wanted:
-            if metric not in out:
-                out[metric] = fns[metric](A, B, **kw)
+        with _naming_condition(cond, s, wanted):
+            if joint and {"soft_matching", "semi_matching"} <= set(wanted):
+                out["soft_matching"], out["semi_matching"] = matching.soft_and_semi_matching(
+                    A, B, keep_plans=False, **kw
+                )
                 done += 1
                 if callback is not None:
                     callback(done, n_calls)
-            results[metric].setdefault(cond, {})[s] = out[metric]
+            for metric in wanted:
+                if metric not in out:
+                    out[metric] = fns[metric](A, B, **kw)
+                    done += 1
+                    if callback is not None:
+                        callback(done, n_calls)
+                results[metric].setdefault(cond, {})[s] = out[metric]
     return {
         metric: {
             cond: tuple(conds[cond][s] for s in range(n_seeds))
@@ -666,6 +735,26 @@ def score_conditions(
         }
         for metric, conds in results.items()
     }
+
+
+_ROLES = {
+    "neuron": ("the neurons of X", "the neurons of Y"),
+    "sae": ("the latents of sae_x", "the latents of sae_y"),
+    "randsae": ("the latents of the random SAE of X",),
+}
+
+
+@contextlib.contextmanager
+def _naming_condition(cond: str, seed: int | None, metrics: list[str]):
+    """Re-raise a metric's ``ValueError`` naming the condition and what its X and Y are."""
+    try:
+        yield
+    except ValueError as err:
+        src, tgt = cond.split("_")
+        which = "" if seed is None else f", SAE seed {seed}"
+        raise ValueError(
+            f"{cond}{which} ({', '.join(metrics)}; X: {_ROLES[src][0]}, Y: {_ROLES[tgt][1]}): {err}"
+        ) from err
 
 
 def gains(scores: dict) -> dict[str, Gain]:
@@ -796,7 +885,20 @@ def compare(
                 f"{configs[side].batch_size} SAE training rows, got {n_train[side]}"
                 + ("" if given else f" (half of {n_rows} rows)")
             )
-    _folds.check_fold_counts(len(score_rows), n_folds)
+        if params[side] is None:
+            _check_chunk_rows("chunk_rows", chunk_rows, configs[side].batch_size, f"sae_{side}")
+    if split is None:
+        _folds.check_fold_counts(len(score_rows), n_folds)
+    else:
+        _check_split_folds(
+            "n_folds",
+            n_folds,
+            n_rows,
+            len(split[0]),
+            len(score_rows),
+            "rows of X and Y",
+            "pass X_train and Y_train (every row of X and Y is then scored)",
+        )
     X_score = np.asarray(take_rows(X, score_rows))
     Y_score = np.asarray(take_rows(Y, score_rows))
     # The dead-unit rule and the constant-column check of the metrics, on the neurons now.
@@ -1091,6 +1193,7 @@ def _prepare(args, log) -> _Plan:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     check_metrics(metrics)
     checks.positive_int("--chunk-rows", args.chunk_rows)
+    checks.positive_int("--batch-size", args.batch_size)
     a = io.read_activations(args.a, key=args.key)
     b = io.read_activations(args.b, key=args.key)
     align = io.align_rows(a, b)
@@ -1116,6 +1219,15 @@ def _prepare(args, log) -> _Plan:
     else:
         train, score = split_rows(n, args.seed)
         trains = ((a, align.rows_a[train]), (b, align.rows_b[train]))
+        _check_split_folds(
+            "--folds",
+            args.folds,
+            n,
+            train.size,
+            score.size,
+            "matched rows of A and B",
+            "give --train-a and --train-b (every matched row is then scored)",
+        )
     _folds.check_fold_counts(score.size, args.folds)
     sides = []
     for name, data, rows, (t, t_rows) in (
@@ -1135,6 +1247,10 @@ def _prepare(args, log) -> _Plan:
                 f"side {name.upper()} has {n_train} SAE training rows, fewer than --batch-size "
                 f"{config.batch_size}"
             )
+        _check_normalisable(f"the SAE of side {name.upper()} ({data.path})", config, "")
+        _check_chunk_rows(
+            "--chunk-rows", args.chunk_rows, config.batch_size, f"the SAE of side {name.upper()}"
+        )
         sides.append(_Side(name, data, t, t_rows, rows[score], config))
     for s in sides:
         _file_rows_ok(s.name.upper(), s.data, s.score_rows)
@@ -1192,6 +1308,33 @@ def _fingerprint(side: _Side, settings: dict) -> dict:
     }
 
 
+_RESULT_FILES = ("table.md", "figure.png", "figure.pdf", "results.json")
+"""What :func:`main` writes from the scores; ``results.json`` last, as it holds the settings."""
+
+
+def _remove_stale_results(out: Path, settings: dict) -> None:
+    """Remove the results in ``out`` unless ``results.json`` was computed with ``settings``
+    (the compilation cache's folder aside).
+
+    ``results.json`` goes last, so a run stopped while removing leaves it to mark the rest stale.
+    """
+    from superalign import io
+
+    try:
+        stored = io.read_json(out / "results.json")["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        stored = None
+    # Where compiled programs are cached changes no result.
+    same = {k: v for k, v in io.jsonable(settings).items() if k != "compilation_cache"}
+    if (
+        isinstance(stored, dict)
+        and {k: v for k, v in stored.items() if k != "compilation_cache"} == same
+    ):
+        return
+    for name in _RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 class _Progress:
     """tqdm bars per stage, and the wall time between consecutive stage ends."""
 
@@ -1222,8 +1365,12 @@ def main(argv=None) -> int:
     """``python -m superalign.compare A B --out DIR``: see ``--help`` and the module docstring.
 
     Writes ``config.json`` (every setting), ``saes/{a,b}/`` (orbax checkpoints of the trained
-    SAEs; a rerun with the same settings restores them instead of training), ``results.json``,
-    ``table.md`` and ``figure.png`` / ``figure.pdf`` to ``--out``, each atomically.
+    SAEs; a rerun with the same settings restores them instead of training), ``results.json``
+    (with the settings it was computed with under ``"config"``, equal to ``config.json``),
+    ``table.md`` and ``figure.png`` / ``figure.pdf`` to ``--out``, each atomically. A run whose
+    settings differ from those of the ``results.json`` in ``--out`` removes it, the table and
+    the figures before any work, so the folder never holds results of other settings than its
+    ``config.json``.
     """
     from superalign import io
 
@@ -1243,6 +1390,7 @@ def main(argv=None) -> int:
         parser.error(str(err))
     bars.stop("read and validate")
     plan.settings["compilation_cache"] = str(cache)
+    _remove_stale_results(out, plan.settings)
     io.write_json(out / "config.json", plan.settings)
 
     trained, source = {}, {}
@@ -1285,6 +1433,7 @@ def main(argv=None) -> int:
         progress=bars,
     )
     results = to_dict(comparison)
+    results["config"] = plan.settings
     results["matched_rows"] = plan.matched
     results["rows"] = plan.settings["rows"]
     results["sae_source"] = source
