@@ -67,14 +67,22 @@ class Folds(NamedTuple):
 class FoldMoments(NamedTuple):
     """Centred second moments of X and Y per fold part (the test part of each fold).
 
+    The means are taken relative to a shift, one row of the data (exact in float32): the part
+    means of raw values far from zero (1e4, varying by 0.03) then differ from each other by
+    numbers float32 holds, and the train statistics pooled from them (:func:`fold_correlations`)
+    keep the accuracy of the test ones. Only differences of means enter any correlation; the
+    absolute means are ``shift_x + mean_x`` (add them in float64 to keep that accuracy).
+
     Attributes:
       count: [K] rows per part.
-      mean_x: [K, Na] column means of X per part.
-      mean_y: [K, Nb] column means of Y per part.
+      mean_x: [K, Na] column means of X per part, minus ``shift_x``.
+      mean_y: [K, Nb] column means of Y per part, minus ``shift_y``.
       ss_x: [K, Na] centred sums of squares of X per part.
       ss_y: [K, Nb] centred sums of squares of Y per part.
       cross: [K, Na, Nb] centred cross products X^T Y per part.
       gram_x: [K, Na, Na] centred cross products X^T X per part, or None when not asked for.
+      shift_x: [Na] the shift of X's columns (None: 0).
+      shift_y: [Nb] the shift of Y's columns (None: 0).
     """
 
     count: jax.Array
@@ -84,6 +92,8 @@ class FoldMoments(NamedTuple):
     ss_y: jax.Array
     cross: jax.Array
     gram_x: jax.Array | None = None
+    shift_x: jax.Array | None = None
+    shift_y: jax.Array | None = None
 
 
 class LiveUnits(NamedTuple):
@@ -298,19 +308,22 @@ def fold_moments(
       keep_y: [Nb] the same for Y.
 
     Returns:
-      A :class:`FoldMoments` for the kept columns.
+      A :class:`FoldMoments` for the kept columns, shifted by the first row of the first part.
     """
     dtype = X.dtype
     hi = jax.lax.Precision.HIGHEST
     na, nb = live_x.shape[0], live_y.shape[0]
 
+    def kept(x, keep):
+        return x if keep is None else x * keep.astype(dtype)
+
+    first = index[0, 0, 0]  # parts are never empty: a real row
+    shift_x, shift_y = kept(X[first][live_x], keep_x), kept(Y[first][live_y], keep_y)
+
     def rows(idx, m):
         w = m[:, None].astype(dtype)
-        x, y = X[idx][:, live_x] * w, Y[idx][:, live_y] * w
-        if keep_x is not None:
-            x = x * keep_x.astype(dtype)
-        if keep_y is not None:
-            y = y * keep_y.astype(dtype)
+        x = (kept(X[idx][:, live_x], keep_x) - shift_x) * w
+        y = (kept(Y[idx][:, live_y], keep_y) - shift_y) * w
         return x, y, w
 
     def part(blocks):
@@ -357,7 +370,7 @@ def fold_moments(
 
     # One part at a time: the accumulators are [Na, Nb], not [K, Na, Nb].
     out = jax.lax.map(part, (index, mask))
-    return FoldMoments(*out[:6], out[6] if with_gram_x else None)
+    return FoldMoments(*out[:6], out[6] if with_gram_x else None, shift_x, shift_y)
 
 
 def safe_rsqrt(ss):

@@ -725,8 +725,13 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     index, mask = _folds.blocked(folds, block)
     lx, kx = _folds.padded_live(live_x, width_x)
     ly, ky = _folds.padded_live(live_y, width_y)
-    m = _folds.fold_moments(X, Y, lx, ly, index, mask, keep_x=kx, keep_y=ky)
-    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in m[:6]))
+    raw = _folds.fold_moments(X, Y, lx, ly, index, mask, keep_x=kx, keep_y=ky)
+    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in raw[:6]))
+    # Absolute means in float64 (shift + mean: the pooled mean offsets keep their accuracy).
+    m = m._replace(
+        mean_x=m.mean_x + np.asarray(raw.shift_x, np.float64),
+        mean_y=m.mean_y + np.asarray(raw.shift_y, np.float64),
+    )
     mean64, gram = _part_grams(X, lx, kx, index, mask, m.count, m.mean_x)
     full_mean_x, full_mean_y, full_ss_x = m.mean_x, m.mean_y, m.ss_x
     m = _folds.FoldMoments(  # the live block

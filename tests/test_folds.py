@@ -48,6 +48,21 @@ def test_fold_correlations_match_float64_reference():
         np.testing.assert_allclose(te, _standardize(x[test]).T @ _standardize(y[test]), atol=1e-5)
 
 
+def test_train_correlations_of_a_large_offset_over_a_small_spread():
+    """Raw values near 1e4 that vary by about 0.03: the pooled train statistics (from per-part
+    means) keep the accuracy of the test ones, as in float64 on the same float32 numbers."""
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((1000, 10))
+    X = np.float32(1e4) + (0.01 * (z @ rng.standard_normal((10, 20)))).astype(np.float32)
+    Y = np.float32(-3e4) + (0.01 * (z @ rng.standard_normal((10, 15)))).astype(np.float32)
+    moments = F.moments_of(F.prepare(X, Y, 5, 0))
+    x, y = X.astype(np.float64), Y.astype(np.float64)
+    for k, (train, test) in enumerate(KFold(5, shuffle=True, random_state=0).split(X)):
+        tr, te = (np.asarray(a) for a in F.fold_correlations(moments, k))
+        np.testing.assert_allclose(tr, _standardize(x[train]).T @ _standardize(y[train]), atol=1e-5)
+        np.testing.assert_allclose(te, _standardize(x[test]).T @ _standardize(y[test]), atol=1e-5)
+
+
 def test_blocking_does_not_change_moments():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((5000, 6)).astype(np.float32) + 3
