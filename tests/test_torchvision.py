@@ -186,6 +186,38 @@ def test_wrapped_and_prefixed_state_dicts_and_safetensors(resnet18_case, tmp_pat
     same(models.from_torchvision(cfg, tmp_path / "weights.safetensors"))
 
 
+def test_reference_script_checkpoints_nested_prefixes_and_bfloat16(resnet18_case, tmp_path):
+    """What torchvision's reference training script saves (its argparse.Namespace beside the
+    model), torch.compile around DataParallel, and bfloat16 safetensors all load."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    cfg = models.resnet18(num_classes=10, image_size=64)
+    state, expected = resnet18_case["state"], resnet18_case["variables"]
+
+    def same(variables):
+        jax.tree.map(np.testing.assert_array_equal, variables, expected)
+
+    path = tmp_path / "model_89.pth"
+    args = argparse.Namespace(model="resnet18", lr=0.5, epochs=90)
+    torch.save(
+        {"model": state, "optimizer": {}, "lr_scheduler": {}, "epoch": 89, "args": args}, path
+    )
+    same(models.from_torchvision(cfg, path))
+    compiled_ddp = {f"_orig_mod.module.{k}": v for k, v in state.items()}
+    same(models.from_torchvision(cfg, compiled_ddp))
+    # bfloat16: read as float32, equal to the bfloat16-rounded weights read from a .pth.
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(bf16, tmp_path / "bf16.safetensors")
+    torch.save(bf16, tmp_path / "bf16.pth")
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        models.from_torchvision(cfg, tmp_path / "bf16.safetensors"),
+        models.from_torchvision(cfg, tmp_path / "bf16.pth"),
+    )
+
+
 def test_other_architectures_are_refused_naming_key_and_shapes(resnet18_case):
     state = resnet18_case["state"]
     with pytest.raises(

@@ -241,10 +241,15 @@ def _read(source) -> Mapping:
                 f"source: {path!r} is not a readable .safetensors file (corrupt or truncated?): "
                 f"{err}"
             ) from err
+    import argparse
+
     import torch
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # torchvision's reference training script saves its argparse.Namespace next to the
+        # model ({"model": ..., "optimizer": ..., "args": args}); allow that class, nothing else.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise ValueError(
             f"source: {path!r} is not a readable PyTorch checkpoint (corrupt or truncated, or a "
@@ -270,9 +275,14 @@ def _state_dict(source) -> dict[str, np.ndarray]:
             break
         state = inner
     state = {str(k): v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    # Wrappers nest in any order (torch.compile of DataParallel: "_orig_mod.module.").
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
     return state
 
 
@@ -311,8 +321,9 @@ def from_torchvision(config, source) -> dict:
         weights_only=True)``), a ``.safetensors`` file, or a mapping name -> array (numpy arrays
         or torch tensors). A state dict saved under ``"state_dict"``, ``"model_state_dict"``,
         ``"model"`` or ``"net"`` is unwrapped, and the ``module.`` prefix of
-        ``DataParallel``/``DistributedDataParallel`` (and ``_orig_mod.`` of ``torch.compile``)
-        is dropped.
+        ``DataParallel``/``DistributedDataParallel`` and ``_orig_mod.`` of ``torch.compile`` are
+        dropped, nested in either order. The ``args`` namespace that torchvision's reference
+        training script saves beside the model is allowed; bfloat16 tensors are read as float32.
 
     Returns:
       ``{"params": ..., "batch_stats": ...}`` (ViT: ``{"params": ...}``), float32, with the
@@ -334,7 +345,8 @@ def from_torchvision(config, source) -> dict:
     flat = {}
     for name, (kind, paths) in table.items():
         a = _as_numpy(name, state[name])
-        if not np.issubdtype(a.dtype, np.floating):
+        # bfloat16 (and the other ml_dtypes floats that safetensors returns) count as floating.
+        if not (np.issubdtype(a.dtype, np.floating) or jnp.issubdtype(a.dtype, jnp.floating)):
             raise ValueError(f"source: key {name!r} has dtype {a.dtype}, expected floating point")
         a = a.astype(np.float32)
         if not np.isfinite(a).all():
