@@ -82,6 +82,18 @@ def check_config(cfg: configs.BrainConfig) -> None:
     n = len(cfg.dnns)
     if n == 0:
         raise ValueError("dnns must name at least one DNN")
+    # Each DNN's files (features, SAE, voxel results) are named from its name's slug.
+    seen = {}
+    for name in cfg.dnns:
+        slug = _slug(str(name))
+        if not slug:
+            raise ValueError(f"dnns: {name!r} has no letter or digit to name its files by")
+        if slug in seen:
+            raise ValueError(
+                f"dnns must name every DNN differently (its files are named from letters and "
+                f"digits of the name, case ignored): {seen[slug]!r} and {name!r} are both {slug!r}"
+            )
+        seen[slug] = name
     launch.per_run("sae", cfg.sae, n_inputs="the DNN", n_latents="sae_expansion", k="sae_k")
     synthetic = cfg.synthetic is not None
     for field in PER_DNN[2:] if synthetic else PER_DNN:  # synthetic: files are written
@@ -198,15 +210,17 @@ def extract_features(
     shard_dir = path.with_suffix(".shards")
     writer = shards.ShardWriter(shard_dir, models.layer_width(mc, layer), 16 * bs)
     fn = jax.jit(lambda v, x: models.extract(mc, v, x, (layer,))[layer])
-    first = writer.rows // bs
-    total = -(-len(image_ids) // bs)
-    with launch.progress_bar(f"{cfg.dnns[i]} NSD features", progress, total) as tick:
-        tick(first)
-        for b, batch in enumerate(datasets.batches(data, "validation", bs, start=first), first):
-            acts = np.asarray(fn(variables, batch.images))
-            writer.append(acts[batch.valid], batch.image_ids[batch.valid])
-            tick(b + 1)
-    writer.close()
+    if not writer.complete:  # complete: killed while writing the .npz below
+        first = writer.rows // bs
+        total = -(-len(image_ids) // bs)
+        with launch.progress_bar(f"{cfg.dnns[i]} NSD features", progress, total) as tick:
+            tick(first)
+            batches = datasets.batches(data, "validation", bs, start=first)
+            for b, batch in enumerate(batches, first):
+                acts = np.asarray(fn(variables, batch.images))
+                writer.append(acts[batch.valid], batch.image_ids[batch.valid])
+                tick(b + 1)
+        writer.close()
     reader = shards.ShardReader(shard_dir)
     ids, acts = reader.image_ids(), reader.read()
     run_files.write_atomic(path, lambda f: np.savez(f, image_ids=ids, activations=acts))
@@ -576,9 +590,10 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     check_config(cfg)
     n_sessions = cfg.n_sessions or None
     variables = None
-    if cfg.checkpoint:
+    if cfg.synthetic is None:  # the NSD files before the out folder is claimed
         for s in cfg.subjects:
             nsd.check_files(cfg.nsd_root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
+    if cfg.checkpoint:
         nsd.num_stimuli(cfg.nsd_root)  # the stimulus file exists and holds imgBrick
         if not all(feature_path(out, cfg, i).is_file() for i in range(len(cfg.dnns))):
             variables = load_checkpoints(cfg)

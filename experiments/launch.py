@@ -67,7 +67,9 @@ def _parse(raw: str, current, name: str):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
-    if isinstance(current, tuple) and not isinstance(value, tuple):
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)  # [1, 2] as (1, 2)
+    elif isinstance(current, tuple) and not isinstance(value, tuple):
         value = (value,)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -178,6 +178,21 @@ def test_bad_configs_fail_before_any_work(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         configs.get_config("nope")
+    # Names whose files would be the same (letters and digits, case ignored).
+    cfg = launch.apply_overrides(
+        configs.get_config("nsd"),
+        ["--config.nsd_root=/data/nsd", "--config.dnns=('Net A', 'net-a')"],
+    )
+    with pytest.raises(ValueError, match=r"'Net A' and 'net-a' are both 'net_a'"):
+        brain_alignment.check_config(cfg)
+    # Missing NSD files fail before the out folder is claimed: the corrected command runs there.
+    cfg = launch.apply_overrides(
+        configs.get_config("nsd"),
+        [f"--config.nsd_root={tmp_path}/nope", "--config.activation_files=('a.npz', 'b.npz')"],
+    )
+    with pytest.raises(FileNotFoundError):
+        brain_alignment.run(cfg, tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_activation_files_are_checked(tmp_path):

@@ -6,6 +6,7 @@ miniature NSD (``experiments/nsd_synthetic.py``, one subject, one session) for t
 runs start in the background with the session (see conftest.py); the checks run in-process.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -208,6 +209,15 @@ def test_default_layers_and_sae_sizes():
     assert brain.dnns == ("ResNet50 layer4.2", "ViT-B/16 encoder_layer_11")
     assert brain.checkpoint_layers == ("layer4.2", "encoder_layer_11")
     assert brain.sae_expansion == (4, 4) and brain.sae_k == (82, 64)
+    # Two seeds of one architecture saved under the same file name: told apart by folder.
+    two = brain_configs.resolve_checkpoints(
+        launch.apply_overrides(
+            brain_configs.get_config("checkpoint"),
+            ["--config.checkpoint=('runs/seed0/model.pth', 'runs/seed1/model.pth')"]
+            + ["--config.arch=('resnet50', 'resnet50')"],
+        )
+    )
+    assert two.dnns == ("ResNet50 layer4.2 (seed0/model)", "ResNet50 layer4.2 (seed1/model)")
 
 
 def test_dnn_checkpoints_end_to_end(dnn_run, direct):
@@ -338,3 +348,29 @@ def test_brain_bad_input_fails_before_any_work(inputs, tmp_path):
         brain_configs.get_config("checkpoint"), [f"--config.nsd_root={inputs / 'nsd'}"]
     )
     _refused(run, bare, tmp_path / "e", "checkpoint must give a torchvision file per DNN")
+
+
+def test_feature_extraction_resumes_after_a_kill_while_writing_its_file(
+    inputs, tmp_path, monkeypatch
+):
+    """Killed after the shards are complete but before the .npz is written: the rerun writes
+    the .npz from the shards (the image count is not a multiple of the batch)."""
+    cfg = brain_configs.resolve_checkpoints(_config(brain_configs.PRESETS, _brain_args(inputs)))
+    cfg = dataclasses.replace(cfg, extract_batch_size=8)
+    ids = brain_alignment.seen_images(inputs / "nsd", (1,), 1)[:21]
+    variables = brain_alignment.load_checkpoints(cfg)[0]
+    real = brain_alignment.run_files.write_atomic
+
+    def killed(path, fn):  # the shards' own index is written as before; the .npz is not
+        if str(path).endswith(".npz"):
+            raise KeyboardInterrupt("killed while writing")
+        return real(path, fn)
+
+    monkeypatch.setattr(brain_alignment.run_files, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        brain_alignment.extract_features(cfg, 0, variables, inputs / "nsd", ids, tmp_path, False)
+    monkeypatch.setattr(brain_alignment.run_files, "write_atomic", real)
+    path = brain_alignment.extract_features(cfg, 0, variables, inputs / "nsd", ids, tmp_path, False)
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["image_ids"], ids)
+        assert f["activations"].shape[0] == len(ids)

@@ -155,6 +155,8 @@ def test_overrides_are_typed():
     cfg = launch.apply_overrides(configs.get_config(), overrides)
     assert cfg.sizes == (16,) and cfg.toy.lr == 0.01 and cfg.sae.k == 5
     assert cfg.toy_config(16).n_hidden == 16 and cfg.sae_config(16).n_inputs == 16
+    # A list for a tuple field is that tuple (it was a tuple holding the list).
+    assert launch.apply_overrides(cfg, ["--config.sizes=[8, 16]"]).sizes == (8, 16)
     with pytest.raises(ValueError, match="unknown config field"):
         launch.apply_overrides(cfg, ["--config.nope=1"])
     with pytest.raises(ValueError, match="unknown config field 'sae.nope'"):

@@ -129,6 +129,17 @@ def default_sae(arch: str) -> tuple[int, int]:
     return (4, 82) if family == "resnet" else (4, 64)
 
 
+def _file_labels(cfg: BrainConfig) -> list[str]:
+    """The shortest trailing parts of the checkpoint paths (suffix dropped) that tell them all
+    apart (``seed0/model`` and ``seed1/model``); their positions if the paths are the same."""
+    parts = [Path(f).with_suffix("").parts for f in cfg.checkpoint]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"checkpoint {i + 1}" for i in range(len(parts))]
+
+
 def resolve_checkpoints(cfg: BrainConfig) -> BrainConfig:
     """A config with checkpoints, its per-DNN fields filled in (unchanged without checkpoints).
 
@@ -188,7 +199,7 @@ def resolve_checkpoints(cfg: BrainConfig) -> BrainConfig:
     layers = per_dnn("checkpoint_layers", lambda i: default_layer(cfg.arch[i]))
     names = [f"{ARCH_LABELS[a]} {layer}" for a, layer in zip(cfg.arch, layers, strict=True)]
     if len(set(names)) < n:  # the same architecture and layer twice: tell them apart by file
-        names = [f"{name} ({Path(f).stem})" for name, f in zip(names, cfg.checkpoint, strict=True)]
+        names = [f"{name} ({label})" for name, label in zip(names, _file_labels(cfg), strict=True)]
     return dataclasses.replace(
         cfg,
         checkpoint_layers=layers,
