@@ -67,6 +67,8 @@ def _parse(raw: str, current, name: str):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
+    if isinstance(current, str) and value is not None and not isinstance(value, str):
+        value = raw  # a str field takes the text as written: --config.cache_dir=2024
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)  # [1, 2] as (1, 2)
     elif isinstance(current, tuple) and not isinstance(value, tuple):

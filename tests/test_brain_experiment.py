@@ -178,6 +178,9 @@ def test_bad_configs_fail_before_any_work(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         configs.get_config("nope")
+    # A str field takes digits as text.
+    cfg = launch.apply_overrides(configs.get_config("nsd"), ["--config.cache_dir=2024"])
+    assert cfg.cache_dir == "2024"
     # Names whose files would be the same (letters and digits, case ignored).
     cfg = launch.apply_overrides(
         configs.get_config("nsd"),
