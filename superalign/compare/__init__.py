@@ -1147,7 +1147,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--null-permutations", type=int, default=0)
-    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help="SAE training rows read per chunk (rounded down to whole batches; at least one batch)",
+    )
     p.add_argument("--cache-dir", help="JAX compilation cache (default: OUT/jax_cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
