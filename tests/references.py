@@ -40,6 +40,20 @@ def live_folds(X, Y, n_folds=5, seed=0):
     return X[:, live[0]], Y[:, live[1]], splits, tuple(live)
 
 
+def hsic_unbiased(K, L):
+    """Song et al.'s (2012) unbiased HSIC (eq. 5) of two n x n Gram matrices, times n (n - 3)."""
+    n = len(K)
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0.0)
+    np.fill_diagonal(L, 0.0)
+    one = np.ones(n)
+    return (
+        np.trace(K @ L)
+        + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (one @ K @ L @ one)
+    )
+
+
 def rsatoolbox_rsa(X, Y, rdm="correlation", compare="spearman", n_folds=5, seed=0, rows=None):
     """Per fold, rsatoolbox's comparison of its two RDMs (float64) on ``rows[k]`` or the test
     part; correlation RDMs drop the stimuli whose pattern is constant in either system.
