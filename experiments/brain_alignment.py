@@ -590,7 +590,9 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     check_config(cfg)
     n_sessions = cfg.n_sessions or None
     variables = None
-    if cfg.synthetic is None:  # the NSD files before the out folder is claimed
+    if cfg.synthetic is None:
+        # Every input file first, before the out folder is claimed and before hours of reading
+        # and training.
         for s in cfg.subjects:
             nsd.check_files(cfg.nsd_root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
     if cfg.checkpoint:
@@ -600,19 +602,16 @@ def run(cfg: configs.BrainConfig, out, *, progress=True) -> dict:
     run_files.check_out(given, out)
     if cfg.synthetic is not None:
         root, files, train_files = synthetic_data(cfg, out)
+        n_sessions = cfg.n_sessions or cfg.synthetic.n_sessions
+        for s in cfg.subjects:  # the tree just written
+            nsd.check_files(root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
     else:
         root, files, train_files = (
             Path(cfg.nsd_root),
             list(cfg.activation_files),
             list(cfg.sae_train_files),
         )
-    if cfg.synthetic is not None and not cfg.n_sessions:
-        n_sessions = cfg.synthetic.n_sessions
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-
-    # Every input file first, so a bad download fails before hours of reading and training.
-    for s in cfg.subjects:
-        nsd.check_files(root, s, atlas=cfg.roi_atlas, n_sessions=n_sessions)
     if cfg.checkpoint:
         ids = seen_images(root, cfg.subjects, n_sessions)
         files = [

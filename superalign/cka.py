@@ -113,6 +113,13 @@ def _frobenius2(m):
     return pairwise_sum(m * m)
 
 
+def _power_of_two_scale(amax):
+    """``2^(1-e)`` for ``amax = f 2^e``, ``f`` in [0.5, 1): an exact scaling that brings ``amax``
+    into [1, 2) (1 for ``amax`` 0, a constant part)."""
+    exponent = jnp.frexp(jnp.where(amax > 0, amax, 1.0))[1]
+    return jnp.ldexp(jnp.ones((), amax.dtype), 1 - exponent)
+
+
 @jax.jit
 def _cka_terms(X, Y, keep_x, keep_y, index, mask) -> _Terms:
     """Per fold part, the scalars of :class:`_Terms` (two passes over its row blocks)."""
@@ -140,9 +147,7 @@ def _cka_terms(X, Y, keep_x, keep_y, index, mask) -> _Terms:
         (sx, sy, ax, ay), _ = jax.lax.scan(sum_step, (zx, zy, z, z), blocks)
         n = blocks[1].sum().astype(dtype)
         mx, my = sx / n, sy / n
-        # 2^-e with ax = f 2^e, f in [0.5, 1): an exact scaling (1 if the part is constant).
-        scale_x = jnp.ldexp(jnp.ones((), dtype), 1 - jnp.frexp(jnp.where(ax > 0, ax, 1.0))[1])
-        scale_y = jnp.ldexp(jnp.ones((), dtype), 1 - jnp.frexp(jnp.where(ay > 0, ay, 1.0))[1])
+        scale_x, scale_y = _power_of_two_scale(ax), _power_of_two_scale(ay)
 
         def step(c: _Sums, block):
             x, y, w = rows(*block)

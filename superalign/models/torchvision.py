@@ -276,13 +276,11 @@ def _state_dict(source) -> dict[str, np.ndarray]:
         state = inner
     state = {str(k): v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
     # Wrappers nest in any order (torch.compile of DataParallel: "_orig_mod.module.").
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _PREFIXES:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                stripped = True
+    while state:
+        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
