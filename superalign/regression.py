@@ -32,6 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from superalign import folds as _folds
 
@@ -318,10 +319,13 @@ def _part_grams(X, live_x, keep_x, index, mask, counts, means, host=None):
     else:
         with jax.enable_x64(True):
             out = _part_grams_x64(X, live_x, keep_x, index, mask, jnp.asarray(shift, jnp.float64))
-            s1, s2 = (np.asarray(a, np.float64) for a in out)
+            s1, s2 = np.array(out[0], np.float64), np.array(out[1], np.float64)  # writable
+            del out  # the device copy of the [K, p, p] sums
     n = np.asarray(counts, np.float64)
     mean = s1 / n[:, None]
-    return shift + mean, s2 - n[:, None, None] * mean[:, :, None] * mean[:, None, :]
+    for k in range(len(n)):  # in place, one part at a time: no [K, p, p] temporaries
+        s2[k] -= n[k] * np.outer(mean[k], mean[k])
+    return shift + mean, s2
 
 
 class _StreamedFold(NamedTuple):
@@ -439,7 +443,7 @@ def _column_blocks(p: int) -> list[tuple[int, int]]:
     return [(lo, min(p, lo + width)) for lo in range(0, p, width)]
 
 
-_GRAM_BLOCK_ELEMENTS = 1 << 24  # right-hand side of one weighted-Gram product (64 MiB)
+_GRAM_BLOCK_ELEMENTS = 1 << 22  # right-hand side of one weighted-Gram product (64 MiB)
 
 
 @jax.jit
@@ -607,6 +611,8 @@ def _inv_upper(r):
 
 def _embed(a, shape, fill=0.0):
     """``a`` in the leading corner of an array of ``shape`` filled with ``fill``."""
+    if np.shape(a) == (shape if isinstance(shape, tuple) else (shape,)):
+        return np.asarray(a, np.float64)
     out = np.full(shape, fill, dtype=np.float64)
     out[tuple(slice(0, n) for n in np.shape(a))] = a
     return out
@@ -639,32 +645,38 @@ def _host_map(fn, n: int, then=None):
     is None. For the folds' independent host algebra under :func:`_serial_blas`.
 
     ``then(k, fn(k))``, if given, runs on the calling thread as each result arrives, in order:
-    fold k's device passes then overlap the host algebra of the folds after it.
+    fold k's device passes then overlap the host algebra of the folds after it. What it returns
+    takes the place of ``fn(k)`` in the list (so large results can be dropped once used), and
+    no more than one result per worker waits for it: at 4,096 units and more a fold's factors
+    are several hundred MB, and the host algebra is faster than the device passes (so with
+    ``then`` one worker fewer than cores: the calling thread is busy too).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = max(1, min(n, cores or 1)) if threadpool_limits is not None else 1
+    window = n if then is None else max(1, workers - 1)
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(fn, k) for k in range(n)]
+        futures = [pool.submit(fn, k) for k in range(min(n, window))]
         out = []
-        for k, f in enumerate(futures):
-            out.append(f.result())
+        for k in range(n):
+            out.append(futures[k].result())
+            futures[k] = None  # the list holds the only reference to the result
             if out[-1] is None:  # the caller falls back: drop the folds not started yet
-                for g in futures:
+                for g in futures[k + 1 :]:
                     g.cancel()
                 return None
+            if k + window < n:
+                futures.append(pool.submit(fn, k + window))
             if then is not None:
-                then(k, out[-1])
+                out[-1] = then(k, out[-1])
         return out
 
 
 class _FoldFactors(NamedTuple):
-    """One fold's host algebra: the constants of its passes, V^T, its train row count, and
-    ``M = b b^T`` (weighted-Gram path only)."""
+    """One fold's host algebra: the constants of its passes, V^T and its train row count."""
 
     consts: _StreamedFold
     vt: np.ndarray
     n_train: float
-    m: np.ndarray | None
 
 
 def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
@@ -679,22 +691,30 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
     w, mean_x, dx = _pool(m.count, m.mean_x, k)
     _, mean_y, dy = _pool(m.count, m.mean_y, k)
     dxw = dx * w[:, None]
-    gxx = (totals[0] - m.gram_x[k]) + dxw.T @ dx
-    gxy = (totals[1] - m.cross[k]) + dxw.T @ dy
+    # In place where the arrays are [p, p] (several GB at 16,384 units if each op copied).
+    gxx = totals[0] - m.gram_x[k]
+    gxx += dxw.T @ dx
+    gxy = totals[1] - m.cross[k].astype(np.float64)
+    gxy += dxw.T @ dy
     ssy = m.ss_y[keep].sum(0) + (w[:, None] * dy * dy).sum(0)
     sx = np.sqrt(np.diag(gxx))
     scale_y = 1.0 / np.sqrt(ssy)
+    gxx /= np.outer(sx, sx)
+    gxy *= scale_y[None, :]
     if lowrank:  # X_std = U S V^T from the eigendecomposition of its Gram matrix
-        lam, v = np.linalg.eigh(gxx / np.outer(sx, sx))
+        # LAPACK's syevd as numpy's eigh calls it, on gxx itself (numpy's copies its input).
+        lam, v = scipy.linalg.eigh(gxx, overwrite_a=True, check_finite=False, driver="evd")
+        del gxx
         lam, v = lam[::-1], v[:, ::-1]  # descending
         if not (lam[-1] > 0 and lam[0] <= _MAX_COND**2 * lam[-1]):
             return None
         s = np.sqrt(lam)
-        w1 = v / s[None, :] / sx[:, None]
-        b = w1.T @ (gxy * scale_y[None, :])
-        return _FoldFactors(_StreamedFold(mean_x, w1, mean_y, scale_y, b, s), v.T, w.sum(), b @ b.T)
+        w1 = v / s[None, :]
+        w1 /= sx[:, None]
+        b = w1.T @ gxy
+        return _FoldFactors(_StreamedFold(mean_x, w1, mean_y, scale_y, b, s), v.T, w.sum())
     try:
-        r = np.linalg.cholesky(gxx / np.outer(sx, sx)).T
+        r = np.linalg.cholesky(gxx).T
     except np.linalg.LinAlgError:
         return None
     if not np.isfinite(r).all():
@@ -705,8 +725,8 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
     # One map from centred X rows to rows of U, R^-1 U_R / sx, formed in float64: one GEMM per
     # row block on the device instead of two.
     w1 = (_inv_upper(r) / sx[:, None]) @ ur
-    b = w1.T @ (gxy * scale_y[None, :])  # U^T Y_std from the moments
-    return _FoldFactors(_StreamedFold(mean_x, w1, mean_y, scale_y, b, s), vt, w.sum(), None)
+    b = w1.T @ gxy  # U^T Y_std from the moments
+    return _FoldFactors(_StreamedFold(mean_x, w1, mean_y, scale_y, b, s), vt, w.sum())
 
 
 @_folds.full_precision
@@ -726,12 +746,14 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     lx, kx = _folds.padded_live(live_x, width_x)
     ly, ky = _folds.padded_live(live_y, width_y)
     raw = _folds.fold_moments(X, Y, lx, ly, index, mask, keep_x=kx, keep_y=ky)
-    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in raw[:6]))
+    # The [K, p, t] cross products stay float32 (float64 where they are used: the same numbers).
+    m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in raw[:5]), np.asarray(raw.cross))
     # Absolute means in float64 (shift + mean: the pooled mean offsets keep their accuracy).
     m = m._replace(
         mean_x=m.mean_x + np.asarray(raw.shift_x, np.float64),
         mean_y=m.mean_y + np.asarray(raw.shift_y, np.float64),
     )
+    del raw  # the device copy ([K, p, t] cross products)
     mean64, gram = _part_grams(X, lx, kx, index, mask, m.count, m.mean_x)
     full_mean_x, full_mean_y, full_ss_x = m.mean_x, m.mean_y, m.ss_x
     m = _folds.FoldMoments(  # the live block
@@ -748,14 +770,17 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     sq_x, sq_xy = (width_x, width_x), (width_x, width_y)
 
     # Train statistics, the factorisation and U^T Y_std of every fold (host, float64).
-    totals = (m.gram_x.sum(0), m.cross.sum(0))
-    sums = []  # weighted-Gram path: each fold's LOO sums, as soon as its factors are known
+    totals = (m.gram_x.sum(0), m.cross.sum(0, dtype=np.float64))
     index_np, mask_np = np.asarray(index), np.asarray(mask)  # for the folds' row selections
 
     def loo_sums(k, f):
-        sums.append(
-            _lowrank_fold(X, Y, lx, ly, index_np, mask_np, others[k], f, alphas, sq_x, sq_xy)
+        """Weighted-Gram path: fold k's LOO sums and coefficients as soon as its factors are
+        known; its [p, p] factors are then dropped (only the train row count is kept)."""
+        base_k, delta_k = _lowrank_fold(
+            X, Y, lx, ly, index_np, mask_np, others[k], f, alphas, sq_x, sq_xy
         )
+        coef_k = _coefficients(f, alphas[np.argmin(delta_k)], sq_xy).astype(dtype)
+        return f.n_train, base_k, delta_k, coef_k
 
     factors = _host_map(
         lambda k: _factor_fold(m, totals, others[k], k, lowrank),
@@ -764,10 +789,11 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     )
     if factors is None:
         return None
-    consts = [f.consts for f in factors]
     if lowrank:
-        base, delta = (np.array(a) for a in zip(*sums, strict=True))
+        n_train, base, delta, coef = (np.array(a) for a in zip(*factors, strict=True))
     else:
+        consts = [f.consts for f in factors]
+        n_train = np.array([f.n_train for f in factors])
         padded = [
             _StreamedFold(
                 _embed(c.mean_x, width_x),
@@ -782,17 +808,16 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
         stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a), dtype), *padded)
         alphas_d = jnp.asarray(alphas, dtype)
         base, delta = _loo_pass(X, Y, lx, ly, index, mask, jnp.asarray(others), stacked, alphas_d)
-    n_train = np.array([f.n_train for f in factors], dtype)
-    delta = np.asarray(delta)
+        delta = np.asarray(delta)
+    n_train = np.asarray(n_train, dtype)
     best = np.argmin(delta, axis=1)
     loo = (np.asarray(base)[:, None] + delta) / (n_train[:, None] * t)
 
     # Coefficients (float64) and the test Pearson r of every target.
-    def coefficients(k):
-        c, a = consts[k], alphas[best[k]]
-        return _embed(factors[k].vt.T @ ((c.s / (c.s * c.s + a))[:, None] * c.b), sq_xy)
-
-    coef = _host_map(coefficients, n_folds)
+    if not lowrank:
+        coef = _host_map(
+            lambda k: _coefficients(factors[k], alphas[best[k]], sq_xy).astype(dtype), n_folds
+        )
     with np.errstate(divide="ignore"):
         scale_x = np.where(full_ss_x > 0, 1.0 / np.sqrt(full_ss_x), 0.0)
     sums = np.asarray(
@@ -805,7 +830,7 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
             mask,
             np.asarray(full_mean_x, dtype),
             np.asarray(scale_x, dtype),
-            np.asarray(np.stack(coef), dtype),
+            np.stack(coef),
             np.asarray(full_mean_y, dtype),
         ),
         np.float64,
@@ -817,6 +842,12 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where((var_p > 0) & (var_y > 0), cov / np.sqrt(var_p * var_y), 0.0)
     return r.mean(1), best, loo, r
+
+
+def _coefficients(f: _FoldFactors, alpha, shape):
+    """A fold's ridge coefficients ``V diag(s / (s^2 + alpha)) b`` (float64), padded to shape."""
+    c = f.consts
+    return _embed(f.vt.T @ ((c.s / (c.s * c.s + alpha))[:, None] * c.b), shape)
 
 
 def _lowrank_fold(X, Y, lx, ly, index, mask, others, f: _FoldFactors, alphas, sq_x, sq_xy):
@@ -847,7 +878,7 @@ def _lowrank_fold(X, Y, lx, ly, index, mask, others, f: _FoldFactors, alphas, sq
         arg(alphas),
         arg(s),
     )
-    return _lowrank_loo(rows, _embed(f.m, sq_x), s, alphas)
+    return _lowrank_loo(rows, _embed(c.b @ c.b.T, sq_x), s, alphas)
 
 
 def _loo_block_rows(n_alphas: int, n_targets: int) -> int:

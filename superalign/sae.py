@@ -270,8 +270,19 @@ def _reduce(config: SAEConfig, sq_err: jax.Array) -> jax.Array:
 
 def _aux_recon(config: SAEConfig, params: SAEParams, pre: jax.Array, dead: jax.Array):
     if config.n_aux == config.n_latents:
-        # Every dead pre-activation (live ones zeroed): a dense matmul.
-        return jnp.where(dead, pre, 0.0) @ params.W_dec + params.b_dec
+        # Every dead pre-activation (live ones zeroed): a dense matmul. With no dead latent it
+        # is exactly b_dec, and so are its derivatives (zero for W_dec and the pre-activations):
+        # the matmuls, forward and backward, run only when some latent is dead. (Under vmap the
+        # condition is per seed and both branches run.)
+        def dense(pre, dead, w_dec, b_dec):
+            return jnp.where(dead, pre, 0.0) @ w_dec + b_dec
+
+        def none_dead(pre, dead, w_dec, b_dec):
+            return jnp.broadcast_to(b_dec, (*pre.shape[:-1], b_dec.shape[-1]))
+
+        return jax.lax.cond(
+            jnp.any(dead), dense, none_dead, pre, dead, params.W_dec, params.b_dec
+        )
     masked = jnp.where(dead, pre, -jnp.inf)
     values, indices = jax.lax.top_k(masked, config.n_aux)
     values = jnp.where(jnp.isfinite(values), values, 0.0)

@@ -81,6 +81,44 @@ def test_loss_matches_hand_computation():
         )
 
 
+@pytest.mark.parametrize("counters", [[0] * 12, [0, 1, 5, 0, 1, 2, 0, 0, 9, 1, 0, 3]])
+def test_loss_and_gradients_equal_the_dense_aux_formula(counters):
+    """With no dead latent the AuxK matmuls are skipped; loss and gradients are unchanged.
+
+    Reference: the loss written out with the dense AuxK reconstruction ``where(dead, pre, 0)
+    W_dec + b_dec`` every step, differentiated by jax.grad. First without a dead latent (the
+    skip), then with dead latents (the matmul).
+    """
+    n, L, k = 5, 12, 3
+    cfg = sae.SAEConfig(n_inputs=n, n_latents=L, k=k, dead_steps=2, aux_weight=0.5)
+    params = sae.init(cfg, jax.random.key(1))
+    params = params._replace(b_enc=jnp.linspace(-1, 0.5, L, dtype=jnp.float32))
+    x = jax.random.normal(jax.random.key(0), (7, n))
+    counters = jnp.asarray(counters, jnp.int32)
+
+    def reference(p):
+        pre = x @ p.W_enc + p.b_enc
+        values, idx = jax.lax.top_k(pre, k)
+        lat = jnp.put_along_axis(
+            jnp.zeros_like(pre), idx, jax.nn.relu(values), axis=-1, inplace=False
+        )
+        res = x - (lat @ p.W_dec + p.b_dec)
+        fired = (lat > 0).any(0)
+        dead = jnp.where(fired, 0, counters + 1) >= cfg.dead_steps
+        e_hat = jnp.where(dead, pre, 0.0) @ p.W_dec + p.b_dec
+        return jnp.mean(res**2) + cfg.aux_weight * jnp.mean((e_hat - res) ** 2), dead.sum()
+
+    with jax.default_matmul_precision("highest"):
+        (want, n_dead), want_g = jax.value_and_grad(reference, has_aux=True)(params)
+        (got, aux), got_g = jax.value_and_grad(
+            lambda p: sae.loss_fn(cfg, p, x, counters), has_aux=True
+        )(params)
+    assert int(aux[3]) == int(n_dead) and (int(n_dead) > 0) == (int(counters.max()) > 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(got_g, want_g, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_gather_and_dense_decode_agree():
     X = jax.random.normal(jax.random.key(0), (512, 8))
     kw = dict(n_latents=32, k=3, batch_size=64, aux_weight=0.1, k_aux=10)
