@@ -280,9 +280,7 @@ def _aux_recon(config: SAEConfig, params: SAEParams, pre: jax.Array, dead: jax.A
         def none_dead(pre, dead, w_dec, b_dec):
             return jnp.broadcast_to(b_dec, (*pre.shape[:-1], b_dec.shape[-1]))
 
-        return jax.lax.cond(
-            jnp.any(dead), dense, none_dead, pre, dead, params.W_dec, params.b_dec
-        )
+        return jax.lax.cond(jnp.any(dead), dense, none_dead, pre, dead, params.W_dec, params.b_dec)
     masked = jnp.where(dead, pre, -jnp.inf)
     values, indices = jax.lax.top_k(masked, config.n_aux)
     values = jnp.where(jnp.isfinite(values), values, 0.0)
