@@ -14,9 +14,9 @@ their ratio. Writing the residual this way keeps the alpha-dependent part exact 
 (no ``Y - Y_hat`` cancellation at small alpha), and one GEMM per row block serves all alphas.
 
 Three paths give the same folds: tall X (train rows at least 8 times the units) is streamed
-over row blocks; X with more train rows than units and at least half as many targets as units
-(SAE-sized pairs) takes the streamed factorisation with the LOO sums through a few weighted Gram
-matrices (see the section comment of :func:`_lowrank_loo`); the rest, and any X whose condition
+over row blocks; X with more train rows than units and at least a quarter as many targets as
+units (SAE-sized pairs) takes the streamed factorisation with the LOO sums through a few weighted
+Gram matrices (see the section comment of :func:`_lowrank_loo`); the rest, and any X whose condition
 number exceeds 1e3, gathers every fold and uses LAPACK's SVD. The streamed paths' float64 host
 algebra (one eigendecomposition per fold) runs one fold per core on single-threaded BLAS
 (:func:`_serial_blas`).
@@ -923,7 +923,9 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
     )
     if n_train >= 8 * n_x:
         out = _ridge_streamed(p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas)
-    elif n_train > n_x and 2 * n_y >= n_x:
+    elif n_train > n_x and 4 * n_y >= n_x:
+        # At 10,000 x 4,096 -> 1,024 (SAE latents -> units) this path took 94-130 s where LAPACK's
+        # SVD of every fold took 131-145 s (benchmarks/RESULTS.md, section 7).
         out = _ridge_streamed(
             p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas, lowrank=True
         )

@@ -233,6 +233,22 @@ def test_square_ridge_uses_low_rank_weights_and_matches_sklearn(square_pair, mon
     np.testing.assert_allclose(result.loo_error, np.asarray(ref[2]), rtol=1e-5)
 
 
+def test_a_quarter_as_many_targets_as_units_takes_the_weighted_gram_path(monkeypatch):
+    """SAE latents -> units (targets a quarter of the sources): the weighted-Gram path, every
+    fold once, with scikit-learn's alphas and scores."""
+    rng = np.random.default_rng(4)
+    X = np.maximum(rng.standard_normal((500, 64)), 0).astype(np.float32)
+    Y = (X @ rng.standard_normal((64, 16)) + 3.0 * rng.standard_normal((500, 16))).astype(
+        np.float32
+    )
+    ranks = _record_grams(monkeypatch)
+    result = superalign.ridge_regression(X, Y)
+    assert len(ranks) == 5
+    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
+
+
 def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
     """Nearly noiseless targets: the LOO curve is flat at small alphas (relative steps of 1e-7)
     and scikit-learn's float64 picks 1e-8; the changes from the first alpha resolve it."""
