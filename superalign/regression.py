@@ -324,7 +324,7 @@ def _part_grams(X, live_x, keep_x, index, mask, counts, means, host=None):
     n = np.asarray(counts, np.float64)
     mean = s1 / n[:, None]
     for k in range(len(n)):  # in place, one part at a time: no [K, p, p] temporaries
-        s2[k] -= n[k] * np.outer(mean[k], mean[k])
+        s2[k] -= (n[k] * mean[k])[:, None] * mean[k][None, :]
     return shift + mean, s2
 
 
