@@ -233,6 +233,17 @@ def test_square_ridge_uses_low_rank_weights_and_matches_sklearn(square_pair, mon
     np.testing.assert_allclose(result.loo_error, np.asarray(ref[2]), rtol=1e-5)
 
 
+def _weighted_gram_path_matches_sklearn(monkeypatch, X, Y):
+    """Default alphas: the weighted-Gram path, every fold once, scikit-learn's alphas and
+    scores."""
+    ranks = _record_grams(monkeypatch)
+    result = superalign.ridge_regression(X, Y)
+    assert len(ranks) == 5
+    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
+
+
 def test_a_quarter_as_many_targets_as_units_takes_the_weighted_gram_path(monkeypatch):
     """SAE latents -> units (targets a quarter of the sources): the weighted-Gram path, every
     fold once, with scikit-learn's alphas and scores."""
@@ -241,12 +252,7 @@ def test_a_quarter_as_many_targets_as_units_takes_the_weighted_gram_path(monkeyp
     Y = (X @ rng.standard_normal((64, 16)) + 3.0 * rng.standard_normal((500, 16))).astype(
         np.float32
     )
-    ranks = _record_grams(monkeypatch)
-    result = superalign.ridge_regression(X, Y)
-    assert len(ranks) == 5
-    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
-    np.testing.assert_array_equal(result.alpha, chosen)
-    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
+    _weighted_gram_path_matches_sklearn(monkeypatch, X, Y)
 
 
 def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
@@ -257,12 +263,7 @@ def test_square_ridge_with_a_flat_small_alpha_end(monkeypatch):
     Y = (X @ rng.standard_normal((60, 40)) + 1e-3 * rng.standard_normal((400, 40))).astype(
         np.float32
     )
-    ranks = _record_grams(monkeypatch)
-    result = superalign.ridge_regression(X, Y)
-    assert len(ranks) == 5
-    chosen, scores = sklearn_ridge_loop(X, Y, regression.DEFAULT_ALPHAS)
-    np.testing.assert_array_equal(result.alpha, chosen)
-    np.testing.assert_allclose(result.folds, scores, atol=1e-6)
+    _weighted_gram_path_matches_sklearn(monkeypatch, X, Y)
 
 
 @pytest.mark.parametrize("row_blocks", [False, True])
