@@ -443,7 +443,7 @@ def _column_blocks(p: int) -> list[tuple[int, int]]:
     return [(lo, min(p, lo + width)) for lo in range(0, p, width)]
 
 
-_GRAM_BLOCK_ELEMENTS = 1 << 22  # right-hand side of one weighted-Gram product (64 MiB)
+_GRAM_BLOCK_ELEMENTS = 1 << 22  # right-hand side of one weighted-Gram product (16 MiB)
 
 
 @jax.jit
@@ -647,9 +647,8 @@ def _host_map(fn, n: int, then=None):
     ``then(k, fn(k))``, if given, runs on the calling thread as each result arrives, in order:
     fold k's device passes then overlap the host algebra of the folds after it. What it returns
     takes the place of ``fn(k)`` in the list (so large results can be dropped once used), and
-    no more than one result per worker waits for it: at 4,096 units and more a fold's factors
-    are several hundred MB, and the host algebra is faster than the device passes (so with
-    ``then`` one worker fewer than cores: the calling thread is busy too).
+    at most one fold per spare core (cores minus the calling thread, at least one) is computed
+    ahead of it: at 4,096 units and more a fold's factors are several hundred MB each.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = max(1, min(n, cores or 1)) if threadpool_limits is not None else 1

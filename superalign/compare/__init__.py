@@ -556,15 +556,8 @@ def train_saes(
     seed_keys = jax.random.split(key, n_seeds)
     k_init, k_data = jnp.swapaxes(jax.vmap(jax.random.split)(seed_keys), 0, 1)
     epoch_keys = jax.vmap(lambda k: jax.random.split(k, config.n_epochs))(k_data)
-    # One seed trains without the vmap: a seed axis of size 1 makes every product a batched
-    # one, and the dead-latent loss's skip when no latent is dead would run both branches.
-    single = n_seeds == 1
-    if single:
-        state = sae.init_state(config, k_init[0])
-        run = partial(_run_chunk_single, config)
-    else:
-        state = jax.vmap(lambda k: sae.init_state(config, k))(k_init)
-        run = partial(_run_chunk, config)
+    state = jax.vmap(lambda k: sae.init_state(config, k))(k_init)
+    run = partial(_run_chunk, config)
     history = []
     total, done = config.n_epochs * n_chunks, 0
     for epoch in range(config.n_epochs):
@@ -574,25 +567,25 @@ def train_saes(
             keys = epoch_keys[:, epoch]
             if n_chunks > 1:
                 keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
-            state, metrics = run(state, chunk, keys[0] if single else keys)
-            history.append(jax.tree.map(lambda m: m[None], metrics) if single else metrics)
+            state, metrics = run(state, chunk, keys)
+            history.append(metrics)
             done += 1
             if callback is not None:
                 jax.block_until_ready(metrics)
                 callback(done, total)
     metrics = jax.tree.map(lambda *m: jnp.concatenate(m, axis=1), *history)
-    params = jax.tree.map(lambda a: a[None], state.params) if single else state.params
-    return params, metrics
+    return state.params, metrics
 
 
 @partial(jax.jit, static_argnums=0)
 def _run_chunk(config, state, x, keys):
-    return jax.vmap(sae.make_chunk_run(config), in_axes=(0, None, 0))(state, x, keys)
-
-
-@partial(jax.jit, static_argnums=0)
-def _run_chunk_single(config, state, x, key):
-    return sae.make_chunk_run(config)(state, x, key)
+    run = sae.make_chunk_run(config)
+    if keys.shape[0] == 1:
+        # One seed runs without the vmap: a seed axis of size 1 makes every product a batched
+        # one, and the dead-latent loss's skip when no latent is dead would run both branches.
+        one = run(jax.tree.map(lambda a: a[0], state), x, keys[0])
+        return jax.tree.map(lambda a: a[None], one)
+    return jax.vmap(run, in_axes=(0, None, 0))(state, x, keys)
 
 
 @partial(jax.jit, static_argnums=0)
