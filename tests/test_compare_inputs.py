@@ -141,24 +141,37 @@ def test_string_ids_are_utf8_text_in_every_format(tmp_path):
 # Unreadable files.
 
 
+# Damaged files: name, bytes, what the reader tried and what it expected (regexes).
+_CORRUPT = {
+    "corrupt npz": (
+        "a.npz",
+        b"not a zip archive",
+        r"an \.npz file",
+        r"a zip archive of \.npy arrays \(np\.savez\)",
+    ),
+    "corrupt h5": (
+        "a.h5",
+        b"not an HDF5 file",
+        r"an HDF5 file",
+        r"an HDF5 file \(h5py\) holding datasets",
+    ),
+    "corrupt npy": (
+        "a.npy",
+        b"\x93NUMPY garbage",
+        r"a \.npy array",
+        r"an array of numbers as numpy writes it \(np\.save\)",
+    ),
+}
+
+
 def _unreadable(tmp_path, case):
     """``(path, message regex, key)`` of a file the readers must refuse."""
     x = np.zeros((3, 2), np.float32)
-    if case == "corrupt npz":
-        path = tmp_path / "a.npz"
-        path.write_bytes(b"not a zip archive")
-        want = rf"{re.escape(str(path))}: cannot read it as an \.npz file \(.+\); expected a zip "
-        want += r"archive of \.npy arrays \(np\.savez\)"
-    elif case == "corrupt h5":
-        path = tmp_path / "a.h5"
-        path.write_bytes(b"not an HDF5 file")
-        want = rf"{re.escape(str(path))}: cannot read it as an HDF5 file \(.+\); expected an HDF5 "
-        want += r"file \(h5py\) holding datasets"
-    elif case == "corrupt npy":
-        path = tmp_path / "a.npy"
-        path.write_bytes(b"\x93NUMPY garbage")
-        want = rf"{re.escape(str(path))}: cannot read it as a \.npy array \(.+\); expected an "
-        want += r"array of numbers as numpy writes it \(np\.save\)"
+    if case in _CORRUPT:
+        name, content, tried, expected = _CORRUPT[case]
+        path = tmp_path / name
+        path.write_bytes(content)
+        want = rf"{re.escape(str(path))}: cannot read it as {tried} \(.+\); expected {expected}"
     elif case == "h5 ids group":
         path = tmp_path / "a.h5"
         with h5py.File(path, "w") as f:
