@@ -69,13 +69,28 @@ class RSAResult(NamedTuple):
     dead_y: np.ndarray
 
 
+_CONSTANT_ROWS_BLOCK = 1 << 14
+
+
 @jax.jit
 def _constant_rows(X, keep):
-    """[M] whether each row is constant over the kept columns (zero variance, exactly)."""
+    """[M] whether each row is constant over the kept columns (zero variance, exactly).
+
+    Over blocks of rows: XLA:CPU materialises the masked copies of its input before reducing
+    them (two [M, N] temporaries, 1 GB at 2,048,000 x 64), a block at a time they are small.
+    """
     live = keep > 0
-    lo = jnp.where(live, X, jnp.inf).min(axis=1)
-    hi = jnp.where(live, X, -jnp.inf).max(axis=1)
-    return lo == hi
+    m = X.shape[0]
+    rows = min(m, _CONSTANT_ROWS_BLOCK)
+
+    def block(i, out):
+        start = jnp.minimum(i * rows, m - rows)  # the last block overlaps the one before it
+        x = jax.lax.dynamic_slice_in_dim(X, start, rows)
+        lo = jnp.where(live, x, jnp.inf).min(axis=1)
+        hi = jnp.where(live, x, -jnp.inf).max(axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(out, lo == hi, start, 0)
+
+    return jax.lax.fori_loop(0, -(-m // rows), block, jnp.zeros(m, bool))
 
 
 def upper_triangle(D: jax.Array) -> jax.Array:

@@ -117,6 +117,21 @@ def test_upper_triangle_lists_every_pair_once():
     np.testing.assert_array_equal(np.sort(tri.ravel()), D[np.triu_indices(s, 1)])
 
 
+def test_constant_rows_over_row_blocks(monkeypatch):
+    """The constant-pattern check runs over row blocks (the last one overlapping the one before
+    it); every row's answer is numpy's min == max over the kept columns."""
+    monkeypatch.setattr(rsa_module, "_CONSTANT_ROWS_BLOCK", 8)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((29, 4)).astype(np.float32)  # 29 rows: blocks 0, 8, 16 and 21
+    X[[0, 7, 8, 20, 28], :3] = 2.5  # constant over the kept columns, not over column 3
+    X[3] = 0.0
+    keep = np.array([1, 1, 1, 0], np.float32)
+    got = np.asarray(rsa_module._constant_rows(jnp.asarray(X), jnp.asarray(keep)))
+    kept = X[:, keep > 0]
+    np.testing.assert_array_equal(got, kept.min(1) == kept.max(1))
+    assert got.sum() == 6
+
+
 def test_large_folds_are_subsampled_with_the_documented_rows(pair):
     X, Y = pair
     result = superalign.rsa(X, Y, rdm="euclidean", compare="pearson", max_stimuli=50, seed=2)
