@@ -4,9 +4,46 @@ what it got and what was expected, before any work starts."""
 from __future__ import annotations
 
 import numbers
+import weakref
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class ArrayMemo:
+    """Facts about jax arrays, remembered for as long as each array exists.
+
+    A jax array cannot change, so what was computed from it (all entries finite; which columns
+    are constant on which fold parts) holds for the life of the object. Metrics called in turn on
+    the same arrays (every metric of every condition of an experiment) then compute it once.
+    Numpy arrays (they can change in place), lists and traced arrays are never remembered.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def get(self, x, key, compute):
+        """``compute()``, or what it returned for the same ``x`` and hashable ``key`` before."""
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return compute()
+        entry = (id(x), key)
+        hit = self._entries.get(entry)
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        value = compute()  # an exception stores nothing
+        forget = self._entries.pop
+        self._entries[entry] = (weakref.ref(x, lambda _: forget(entry, None)), value)
+        return value
+
+
+_FINITE = ArrayMemo()
+
+
+@jax.jit
+def _all_finite(x) -> jax.Array:
+    # One fused pass; op by op, jnp.isfinite(x) would first write an [M, N] array of bools.
+    return jnp.isfinite(x).all()
 
 
 def positive_int(name: str, value) -> int:
@@ -74,11 +111,10 @@ def array(name: str, x, *, ndim: int | None = None, width: int | None = None, fi
     if width is not None and (len(shape) == 0 or shape[-1] != width):
         raise ValueError(f"{name} must have last dimension {width}, got shape {shape}")
     if finite and jnp.issubdtype(dtype, jnp.inexact):
-        ok = (
-            bool(jnp.isfinite(x).all())
-            if not isinstance(x, np.ndarray)
-            else bool(np.isfinite(x).all())
-        )
+        if isinstance(x, np.ndarray):
+            ok = bool(np.isfinite(x).all())
+        else:
+            ok = _FINITE.get(x, "finite", lambda: bool(_all_finite(x)))
         if not ok:
             raise ValueError(f"{name} must be finite, but it contains NaN or Inf (shape {shape})")
     return x

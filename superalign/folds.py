@@ -140,10 +140,22 @@ def block_rows_for(n_folds: int, width: int, part_rows: int, budget: int = 1 << 
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> Folds:
-    """Shuffled K-fold split of ``n_rows`` stimuli (validated; see :func:`kfold_test_indices`)."""
+    """Shuffled K-fold split of ``n_rows`` stimuli (validated; see :func:`kfold_test_indices`).
+
+    The split is remembered (its arrays are read-only): every metric of an experiment asks for
+    the same one, and shuffling millions of row indices takes a noticeable fraction of a second.
+    """
     check_fold_counts(n_rows, n_folds)
-    parts = kfold_test_indices(n_rows, n_folds, _check_seed(seed))
-    return Folds(tuple(parts), np.array([len(p) for p in parts]))
+    return _split(int(n_rows), int(n_folds), _check_seed(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _split(n_rows: int, n_folds: int, seed: int) -> Folds:
+    parts = kfold_test_indices(n_rows, n_folds, seed)
+    sizes = np.array([len(p) for p in parts])
+    for a in (*parts, sizes):
+        a.flags.writeable = False
+    return Folds(tuple(parts), sizes)
 
 
 def blocked(folds: Folds, block_rows: int) -> tuple[jax.Array, jax.Array]:
@@ -433,9 +445,15 @@ def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
     X, Y = check_pair(X, Y)
     check_fold_counts(X.shape[0], n_folds)
     folds = make_folds(X.shape[0], n_folds, seed)
-    units_x = live_units("X", X, folds)
-    units_y = live_units("Y", Y, folds)
-    return Prepared(X, Y, folds, units_x, units_y)
+    # The same split (rows, n_folds, seed) gives the same live units of the same jax array.
+    # Copies: the results hand these arrays to the caller.
+    key = ("live units", n_folds, _check_seed(seed))
+    units_x = _LIVE.get(X, key, lambda: live_units("X", X, folds))
+    units_y = _LIVE.get(Y, key, lambda: live_units("Y", Y, folds))
+    return Prepared(X, Y, folds, *(LiveUnits(*(a.copy() for a in u)) for u in (units_x, units_y)))
+
+
+_LIVE = checks.ArrayMemo()
 
 
 def padded_live(live: np.ndarray, width: int) -> tuple[jax.Array, jax.Array]:

@@ -163,3 +163,41 @@ def test_summary_sem_is_std_over_sqrt_k():
     scores, mean, sem = F.summary([0.1, 0.2, 0.4])
     assert mean == pytest.approx(np.mean(scores))
     assert sem == pytest.approx(np.std(scores, ddof=1) / np.sqrt(3))
+
+
+def test_facts_about_jax_arrays_are_computed_once_per_array(monkeypatch):
+    """Finiteness and the live units of a jax array are remembered while it exists (keyed by
+    split); numpy arrays, which can change in place, are checked on every call."""
+    import gc
+
+    import jax.numpy as jnp
+
+    calls = []
+    live_units = F.live_units
+    monkeypatch.setattr(F, "live_units", lambda *a: calls.append(a[0]) or live_units(*a))
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((60, 4)).astype(np.float32)
+    X[:, 2] = 0.0
+    Xj, Yj = jnp.asarray(X), jnp.asarray(rng.standard_normal((60, 3)).astype(np.float32))
+    first = F.prepare(Xj, Yj, 5, 0)
+    first.units_x.dead[0] = 99  # the caller's copy: the remembered one is unchanged
+    again = F.prepare(Xj, Yj, 5, 0)
+    assert calls == ["X", "Y"]
+    np.testing.assert_array_equal(again.units_x.dead, [2])
+    F.prepare(Xj, Yj, 5, 1)  # another split
+    assert calls == ["X", "Y"] * 2
+    F.prepare(X, Yj, 5, 0)  # numpy X: computed again
+    assert calls == ["X", "Y"] * 2 + ["X"]
+    # NaN in a new array is refused every time (a failed check is not remembered).
+    bad = Xj.at[3, 1].set(jnp.nan)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="finite"):
+            F.prepare(bad, Yj, 5, 0)
+    # An array that is gone leaves nothing behind.
+    n_entries = len(F._LIVE._entries)
+    del first, again, Xj
+    gc.collect()
+    assert len(F._LIVE._entries) == n_entries - 2  # Xj's two splits
+    folds = F.make_folds(60, 5, 0)
+    assert folds is F.make_folds(60, 5, 0)
+    assert not folds.parts[0].flags.writeable and not folds.sizes.flags.writeable
