@@ -309,7 +309,9 @@ class SeedAxis:
         return self.arrays[s]
 
 
-def alignment(acts: dict, *, n_folds: int, seed: int, metrics=DEFAULT_METRICS, progress=True):
+def alignment(
+    acts: dict, *, n_folds: int, seed: int, metrics=DEFAULT_METRICS, progress=True, workers=1
+):
     """Every alignment score of one size (or layer) on its held-out activations, seed 0 -> 1.
 
     The conditions of every metric are those of :func:`superalign.compare.score_conditions`:
@@ -323,6 +325,7 @@ def alignment(acts: dict, *, n_folds: int, seed: int, metrics=DEFAULT_METRICS, p
       n_folds, seed: the folds.
       metrics: metric names, or a mapping ``name -> f(X, Y, *, n_folds, seed)``
         (:func:`metric_functions`).
+      workers: metric calls side by side (:func:`superalign.compare.score_conditions`).
 
     Returns:
       ``{metric: {condition: record}}`` (:func:`score`).
@@ -339,6 +342,7 @@ def alignment(acts: dict, *, n_folds: int, seed: int, metrics=DEFAULT_METRICS, p
             n_folds=n_folds,
             seed=seed,
             callback=tick,
+            workers=workers,
         )
     return {
         metric: {
@@ -389,6 +393,7 @@ def run_size(
         run_files.save_npy(path, np.asarray(acts["randsae"]))
     metrics = metric_functions(METRICS, rsa_max_stimuli=cfg.rsa_max_stimuli)
     kw = dict(n_folds=cfg.n_folds, seed=cfg.fold_seed, metrics=metrics, progress=progress)
+    kw["workers"] = cfg.metric_workers
     scores = stage("alignment", alignment, acts, **kw)
     result = {**scores, **stage("analysis", analyse, cfg, toy_params, acts)}
     result["wall_seconds"] = time.perf_counter() - t0

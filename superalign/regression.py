@@ -24,8 +24,10 @@ algebra (one eigendecomposition per fold) runs one fold per core on single-threa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -634,10 +636,36 @@ def _serial_blas(fn):
     def wrapper(*args, **kwargs):
         if threadpool_limits is None:
             return fn(*args, **kwargs)
-        with threadpool_limits(limits=1):
+        with _single_threaded_blas():
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = [0, None]  # calls inside, and the limiter the first of them set
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """``threadpool_limits(1)`` for as long as any thread is inside.
+
+    The limit is process-wide: with ridge calls running side by side on several threads, nested
+    limiters would restore each other's settings in the wrong order (and could leave BLAS on one
+    thread for good). The first caller sets it, the last one restores the original.
+    """
+    with _BLAS_LOCK:
+        if _BLAS_USERS[0] == 0:
+            _BLAS_USERS[1] = threadpool_limits(limits=1)
+        _BLAS_USERS[0] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS[0] -= 1
+            if _BLAS_USERS[0] == 0:
+                _BLAS_USERS[1].restore_original_limits()
+                _BLAS_USERS[1] = None
 
 
 def _host_map(fn, n: int, then=None):

@@ -131,6 +131,36 @@ def test_a_subset_of_conditions_scores_only_those(data, result):
             score_conditions(X, Y, lx, ly, lr, metrics=("semi_matching",), conditions=bad)
 
 
+def test_metric_calls_side_by_side_equal_one_at_a_time(data, result):
+    """``workers=2``: every result bitwise that of the calls made in turn, progress counted for
+    every call, and the host BLAS back on its own number of threads afterwards."""
+    from threadpoolctl import threadpool_info
+
+    c, _ = result
+    X, Y = (a[c.scoring_rows] for a in data)
+    lx, ly = encode(c.saes["x"], X)[0], encode(c.saes["y"], Y)[0]
+    lr = encode(c.saes["random"], X)[0][0]
+    threads = [i["num_threads"] for i in threadpool_info()]
+    ticks = []
+    got = score_conditions(
+        X, Y, lx, ly, lr, workers=2, callback=lambda done, total: ticks.append((done, total))
+    )
+    assert [i["num_threads"] for i in threadpool_info()] == threads
+    # Soft + semi as one call per condition and seed (1 + 2 + 2), ridge 1 + 2 + 2 + 1.
+    assert ticks == [(i, 11) for i in range(1, 12)]
+    for metric, conds in c.scores.items():
+        for cond, res in conds.items():
+            pairs = (
+                zip(got[metric][cond], res, strict=True)
+                if cond in SEED_CONDITIONS
+                else [(got[metric][cond], res)]
+            )
+            for a, b in pairs:
+                np.testing.assert_array_equal(a.folds, b.folds)
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        score_conditions(X, Y, lx, ly, lr, workers=0)
+
+
 def test_seeds_are_a_vmap_axis_equal_to_training_each_seed_alone(data, result):
     """The 2 SAE seeds trained in one vmapped run equal sae.make_train run per seed."""
     c, _ = result

@@ -313,8 +313,9 @@ def test_a_condition_failing_the_dead_unit_rule_is_named(data):
         "sae_sae, SAE seed 0 (semi_matching; X: the latents of sae_x, Y: the latents of sae_y): "
         "X has no live unit"
     )
-    with pytest.raises(ValueError, match=re.escape(want)):
-        score_conditions(X, Y, dead, live, live[0], metrics=("semi_matching",))
+    for workers in (1, 2):  # raised from a worker thread too
+        with pytest.raises(ValueError, match=re.escape(want)):
+            score_conditions(X, Y, dead, live, live[0], metrics=("semi_matching",), workers=workers)
     want = (
         "randsae_neuron (ridge; X: the latents of the random SAE of X, Y: the neurons of Y): "
         "X has no live unit"

@@ -48,6 +48,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -659,6 +660,7 @@ def score_conditions(
     seed: int = 0,
     callback: Callable[[int, int], None] | None = None,
     conditions: Collection[str] | None = None,
+    workers: int = 1,
 ) -> dict:
     """Every condition of every metric, from neuron activations and SAE latents of the same rows.
 
@@ -676,12 +678,16 @@ def score_conditions(
       callback: ``callback(done, total)`` after each metric call.
       conditions: score only these conditions (None: all of each metric's), e.g. to skip
         Neuron->Neuron when it was scored already on the same X and Y.
+      workers: metric calls run side by side on this many threads (the same results: every call
+        is computed as on its own). Two use a 2-core CPU better than one (much of a call is
+        single-threaded host work or compilation) but hold two calls' working memory at once.
 
     Returns:
       ``scores[metric][condition]``: a result, or a tuple of S results for
       :data:`SEED_CONDITIONS` (seed ``s``: ``sae_x[s]`` with ``sae_y[s]``).
     """
     fns = check_metrics(metrics)
+    workers = checks.positive_int("workers", workers)
     every = set(MATCHING_CONDITIONS) | set(REGRESSION_CONDITIONS)
     if conditions is not None and (isinstance(conditions, str) or not set(conditions) <= every):
         raise ValueError(f"conditions must be a collection of {sorted(every)}, got {conditions!r}")
@@ -706,31 +712,40 @@ def score_conditions(
                 continue
             for s in range(n_seeds) if cond in SEED_CONDITIONS else (None,):
                 jobs.setdefault((cond, s), []).append(metric)
-    results: dict = {metric: {} for metric in fns}
-    n_calls = sum(
-        len(m) - (joint and {"soft_matching", "semi_matching"} <= set(m)) for m in jobs.values()
-    )
-    done = 0
+    # The metric calls: (condition, SAE seed, metric names), one call each.
+    pair = ("soft_matching", "semi_matching")
+    calls = []
     for (cond, s), wanted in jobs.items():
+        rest = list(wanted)
+        if joint and set(pair) <= set(wanted):
+            calls.append((cond, s, pair))
+            rest = [m for m in rest if m not in pair]
+        calls += [(cond, s, (m,)) for m in rest]
+
+    def score(call):
+        cond, s, names = call
         src, tgt = cond.split("_")
         A, B = sources[src](s or 0), targets[tgt](s or 0)
         kw = dict(n_folds=n_folds, seed=seed)
-        out = {}
-        with _naming_condition(cond, s, wanted):
-            if joint and {"soft_matching", "semi_matching"} <= set(wanted):
-                out["soft_matching"], out["semi_matching"] = matching.soft_and_semi_matching(
-                    A, B, keep_plans=False, **kw
-                )
-                done += 1
-                if callback is not None:
-                    callback(done, n_calls)
-            for metric in wanted:
-                if metric not in out:
-                    out[metric] = fns[metric](A, B, **kw)
-                    done += 1
-                    if callback is not None:
-                        callback(done, n_calls)
-                results[metric].setdefault(cond, {})[s] = out[metric]
+        with _naming_condition(cond, s, jobs[(cond, s)]):
+            if names == pair:
+                return matching.soft_and_semi_matching(A, B, keep_plans=False, **kw)
+            return (fns[names[0]](A, B, **kw),)
+
+    results: dict = {metric: {} for metric in fns}
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(min(workers, len(calls) or 1)))
+            # On an error, calls not started yet are dropped (the running ones finish).
+            stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+            outs = pool.map(score, calls)
+        else:
+            outs = map(score, calls)
+        for done, ((cond, s, names), out) in enumerate(zip(calls, outs, strict=True), 1):
+            for metric, result in zip(names, out, strict=True):
+                results[metric].setdefault(cond, {})[s] = result
+            if callback is not None:
+                callback(done, len(calls))
     return {
         metric: {
             cond: tuple(conds[cond][s] for s in range(n_seeds))
