@@ -437,6 +437,9 @@ class Prepared(NamedTuple):
     units_y: LiveUnits
 
 
+_LIVE = checks.ArrayMemo()  # live units of jax arrays, per split (see prepare)
+
+
 def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
     """Validate ``X``, ``Y``, ``n_folds`` and ``seed``; split and apply the dead-unit rule.
 
@@ -451,9 +454,6 @@ def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
     units_x = _LIVE.get(X, key, lambda: live_units("X", X, folds))
     units_y = _LIVE.get(Y, key, lambda: live_units("Y", Y, folds))
     return Prepared(X, Y, folds, *(LiveUnits(*(a.copy() for a in u)) for u in (units_x, units_y)))
-
-
-_LIVE = checks.ArrayMemo()
 
 
 def padded_live(live: np.ndarray, width: int) -> tuple[jax.Array, jax.Array]:
