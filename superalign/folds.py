@@ -25,6 +25,8 @@ compensation, and the pooling corrections are products of small mean differences
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from functools import partial
 from typing import NamedTuple
 
@@ -435,6 +437,9 @@ class Prepared(NamedTuple):
     folds: Folds
     units_x: LiveUnits
     units_y: LiveUnits
+    # (n_folds, seed) of ``folds`` when X and Y are the caller's own jax arrays (which cannot
+    # change, so what is computed from them may be remembered: see moments_of), else None.
+    split: tuple[int, int] | None = None
 
 
 _LIVE = checks.ArrayMemo()  # live units of jax arrays, per split (see prepare)
@@ -445,15 +450,19 @@ def prepare(X, Y, n_folds: int, seed: int) -> Prepared:
 
     Every ``ValueError`` of the metrics' inputs is raised here, before any scoring work.
     """
+    given = (X, Y)
     X, Y = check_pair(X, Y)
     check_fold_counts(X.shape[0], n_folds)
+    seed = _check_seed(seed)
+    split = (int(n_folds), seed) if X is given[0] and Y is given[1] else None
     folds = make_folds(X.shape[0], n_folds, seed)
     # The same split (rows, n_folds, seed) gives the same live units of the same jax array.
     # Copies: the results hand these arrays to the caller.
-    key = ("live units", n_folds, _check_seed(seed))
+    key = ("live units", n_folds, seed)
     units_x = _LIVE.get(X, key, lambda: live_units("X", X, folds))
     units_y = _LIVE.get(Y, key, lambda: live_units("Y", Y, folds))
-    return Prepared(X, Y, folds, *(LiveUnits(*(a.copy() for a in u)) for u in (units_x, units_y)))
+    units = (LiveUnits(*(a.copy() for a in u)) for u in (units_x, units_y))
+    return Prepared(X, Y, folds, *units, split)
 
 
 def padded_live(live: np.ndarray, width: int) -> tuple[jax.Array, jax.Array]:
@@ -471,19 +480,53 @@ def padded_live(live: np.ndarray, width: int) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(index), jnp.asarray(keep)
 
 
-def moments_of(p: Prepared) -> FoldMoments:
+# Moments of pairs of jax arrays, per split: X -> {Y -> FoldMoments}, for as long as both exist.
+_MOMENTS = checks.ArrayMemo()
+# Up to this size (the [K, Na, Na + Nb] products in float32), a pair's moments are remembered.
+SHARED_MOMENTS_BYTES = 64 << 20
+_PAIR_LOCKS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_PAIR_LOCKS_GUARD = threading.Lock()
+
+
+def moments_of(p: Prepared, *, with_gram_x: bool = False) -> FoldMoments:
     """Per-part moments of a prepared pair at the full input widths, dead columns zeroed.
 
     Row ``i`` / column ``j`` of the result is live unit ``i`` of X / ``j`` of Y for
     ``i < len(p.units_x.live)``, ``j < len(p.units_y.live)``; the rest is zero padding (see
     :func:`padded_live`). Row blocks are sized for memory.
+
+    Metrics called in turn on the same jax arrays (matching, ridge and the rotation score of one
+    condition) share one pass over the rows: where the products fit in
+    :data:`SHARED_MOMENTS_BYTES`, the moments are computed once per pair and split, with
+    ``gram_x`` included, and remembered while both arrays exist (calls on other threads wait for
+    the one computing them). Larger pairs, and other inputs (numpy arrays, lists, jax arrays
+    cast to float), get exactly what they ask for.
     """
+    n_folds, na, nb = len(p.folds.sizes), p.X.shape[1], p.Y.shape[1]
+    if p.split is None or 4 * n_folds * na * (na + nb) > SHARED_MOMENTS_BYTES:
+        return _pair_moments(p, with_gram_x)
+    with _PAIR_LOCKS_GUARD:
+        lock = _PAIR_LOCKS.setdefault((id(p.X), id(p.Y), p.split), threading.Lock())
+    with lock:
+        of_x = _MOMENTS.get(p.X, ("moments", *p.split), checks.ArrayMemo)
+        return of_x.get(p.Y, "moments", lambda: _pair_moments(p, True))
+
+
+def _pair_moments(p: Prepared, with_gram_x: bool) -> FoldMoments:
     na, nb = p.X.shape[1], p.Y.shape[1]
-    block = block_rows_for(len(p.folds.sizes), na + nb, int(p.folds.sizes.max()))
+    width = (2 * na if with_gram_x else na) + nb
+    block = block_rows_for(len(p.folds.sizes), width, int(p.folds.sizes.max()))
     live_x, keep_x = padded_live(p.units_x.live, na)
     live_y, keep_y = padded_live(p.units_y.live, nb)
     return fold_moments(
-        p.X, p.Y, live_x, live_y, *blocked(p.folds, block), keep_x=keep_x, keep_y=keep_y
+        p.X,
+        p.Y,
+        live_x,
+        live_y,
+        *blocked(p.folds, block),
+        with_gram_x=with_gram_x,
+        keep_x=keep_x,
+        keep_y=keep_y,
     )
 
 

@@ -758,21 +758,23 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
 
 @_folds.full_precision
 @_serial_blas
-def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
+def _ridge_streamed(p: _folds.Prepared, alphas, lowrank=False):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
 
     The device passes run at the full input widths (the live columns first, then zero-weight
     padding: ``folds.padded_live``), so their compiled code depends on the input shapes only;
     the host algebra runs on the live block, and its constants are embedded with zeros (unit
-    singular values) on the padding, which then adds nothing to any sum.
+    singular values) on the padding, which then adds nothing to any sum. The per-part moments
+    are those the other metrics of the same pair use (``folds.moments_of``).
     """
+    X, Y, folds, live_x, live_y = p.X, p.Y, p.folds, p.units_x.live, p.units_y.live
+    raw = _folds.moments_of(p)
     n_folds, p, t = len(folds.sizes), len(live_x), len(live_y)
     width_x, width_y = X.shape[1], Y.shape[1]
     block = 512 if lowrank else _loo_block_rows(len(alphas), width_y)
     index, mask = _folds.blocked(folds, block)
     lx, kx = _folds.padded_live(live_x, width_x)
-    ly, ky = _folds.padded_live(live_y, width_y)
-    raw = _folds.fold_moments(X, Y, lx, ly, index, mask, keep_x=kx, keep_y=ky)
+    ly, _ = _folds.padded_live(live_y, width_y)
     # The [K, p, t] cross products stay float32 (float64 where they are used: the same numbers).
     m = _folds.FoldMoments(*(np.asarray(a, np.float64) for a in raw[:5]), np.asarray(raw.cross))
     # Absolute means in float64 (shift + mean: the pooled mean offsets keep their accuracy).
@@ -780,7 +782,7 @@ def _ridge_streamed(X, Y, live_x, live_y, folds, alphas, lowrank=False):
         mean_x=m.mean_x + np.asarray(raw.shift_x, np.float64),
         mean_y=m.mean_y + np.asarray(raw.shift_y, np.float64),
     )
-    del raw  # the device copy ([K, p, t] cross products)
+    del raw  # the device copy ([K, p, t] cross products), unless the pair's moments are shared
     mean64, gram = _part_grams(X, lx, kx, index, mask, m.count, m.mean_x)
     full_mean_x, full_mean_y, full_ss_x = m.mean_x, m.mean_y, m.ss_x
     m = _folds.FoldMoments(  # the live block
@@ -949,13 +951,11 @@ def ridge_regression(X, Y, *, n_folds: int = 5, seed: int = 0, alphas=None) -> R
         len(p.units_y.live),
     )
     if n_train >= 8 * n_x:
-        out = _ridge_streamed(p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas)
+        out = _ridge_streamed(p, alphas)
     elif n_train > n_x and 4 * n_y >= n_x:
         # At 10,000 x 4,096 -> 1,024 (SAE latents -> units) this path took 94-130 s where LAPACK's
         # SVD of every fold took 131-145 s (benchmarks/RESULTS.md, section 7).
-        out = _ridge_streamed(
-            p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, alphas, lowrank=True
-        )
+        out = _ridge_streamed(p, alphas, lowrank=True)
     if out is None:
         out = _ridge_materialised(p, alphas)
     scores, best, loo, r = out

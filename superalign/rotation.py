@@ -113,20 +113,8 @@ def rotation_score(
     """
     _check_keep_rotations(keep_rotations)
     p = _folds.prepare(X, Y, n_folds, seed)
-    na, nb = p.X.shape[1], p.Y.shape[1]
-    live_x, keep_x = _folds.padded_live(p.units_x.live, na)
-    live_y, keep_y = _folds.padded_live(p.units_y.live, nb)
-    block = _folds.block_rows_for(len(p.folds.sizes), 2 * na + nb, int(p.folds.sizes.max()))
-    moments = _folds.fold_moments(
-        p.X,
-        p.Y,
-        live_x,
-        live_y,
-        *_folds.blocked(p.folds, block),
-        with_gram_x=True,
-        keep_x=keep_x,
-        keep_y=keep_y,
-    )
+    keep_x, keep_y = _folds.keep_masks(p)
+    moments = _folds.moments_of(p, with_gram_x=True)
     scores, rotations = _rotation(moments, keep_x, keep_y, keep_rotations=keep_rotations)
     if keep_rotations:
         rotations = np.asarray(rotations)[:, : len(p.units_x.live), : len(p.units_y.live)]

@@ -201,3 +201,82 @@ def test_facts_about_jax_arrays_are_computed_once_per_array(monkeypatch):
     folds = F.make_folds(60, 5, 0)
     assert folds is F.make_folds(60, 5, 0)
     assert not folds.parts[0].flags.writeable and not folds.sizes.flags.writeable
+
+
+def test_metrics_of_one_pair_share_one_pass_over_the_rows(monkeypatch):
+    """Matching, ridge and the rotation score of the same jax arrays compute the per-part
+    moments once (with X^T X, equal to a separate pass); threads wait for the one computing
+    them; numpy inputs and pairs over ``SHARED_MOMENTS_BYTES`` compute what they ask for."""
+    import gc
+
+    import jax.numpy as jnp
+
+    import superalign
+
+    calls = []
+    fold_moments = F.fold_moments
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["with_gram_x"])
+        return fold_moments(*args, **kwargs)
+
+    monkeypatch.setattr(F, "fold_moments", counted)
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((3000, 6)).astype(np.float32)
+    Y = (X @ rng.standard_normal((6, 4)) + rng.standard_normal((3000, 4))).astype(np.float32)
+    Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
+    shared = [
+        *superalign.soft_and_semi_matching(Xj, Yj, keep_plans=False),
+        superalign.ridge_regression(Xj, Yj),
+        superalign.rotation_score(Xj, Yj),
+        superalign.permutation_score(Xj, Yj),
+    ]
+    assert calls == [True]
+    alone = [
+        *superalign.soft_and_semi_matching(X, Y, keep_plans=False),
+        superalign.ridge_regression(X, Y),
+        superalign.rotation_score(X, Y),
+        superalign.permutation_score(X, Y),
+    ]
+    assert calls == [True, False, False, True, False]  # numpy: every metric its own pass
+    for a, b in zip(shared, alone, strict=True):
+        np.testing.assert_allclose(a.folds, b.folds, rtol=0, atol=1e-6)
+    p = F.prepare(Xj, Yj, 5, 0)
+    with_gram = F.moments_of(p)
+    assert F.moments_of(p, with_gram_x=True) is with_gram
+    separate = F._pair_moments(F.prepare(X, Y, 5, 0), True)
+    for a, b in zip(with_gram, separate, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
+    # Another split is another pass; so is a pair over the size limit.
+    F.moments_of(F.prepare(Xj, Yj, 5, 1))
+    assert calls[5:] == [True, True]
+    monkeypatch.setattr(F, "SHARED_MOMENTS_BYTES", 4 * 5 * 6 * 10 - 1)
+    F.moments_of(F.prepare(Xj, Yj, 5, 0))
+    assert calls[7:] == [False]
+    monkeypatch.setattr(F, "SHARED_MOMENTS_BYTES", 64 << 20)
+    # Threads asking for a new pair at once: one pass, the same object for all.
+    got = _moments_from_threads(F.prepare(Xj, Yj + 1.0, 5, 0), 4)
+    assert calls[8:] == [True] and all(g is got[0] for g in got)
+    # The moments go with the arrays.
+    n_entries = len(F._MOMENTS._entries)
+    del p, with_gram, got, shared, Xj
+    gc.collect()
+    assert len(F._MOMENTS._entries) == n_entries - 2  # Xj's two splits
+
+
+def _moments_from_threads(p, n):
+    import threading
+
+    got = [None] * n
+    barrier = threading.Barrier(n)
+
+    def ask(i):
+        barrier.wait()
+        got[i] = F.moments_of(p)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got

@@ -89,12 +89,7 @@ def test_streamed_ridge_with_dead_units_matches_sklearn():
     X[:, 4] = 0.0
     Y[KFold(5, shuffle=True, random_state=1).split(X).__next__()[1], 2] = 0.0
     p = folds.prepare(X, Y, 5, 1)
-    assert (
-        regression._ridge_streamed(
-            p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, regression.DEFAULT_ALPHAS
-        )
-        is not None
-    )
+    assert regression._ridge_streamed(p, regression.DEFAULT_ALPHAS) is not None
     result = superalign.ridge_regression(X, Y, seed=1)
     np.testing.assert_array_equal(result.dead_x, [4])
     np.testing.assert_array_equal(result.dead_y, [2])
@@ -148,9 +143,7 @@ def test_tall_x_is_streamed_unless_ill_conditioned(collinear):
     condition number above 1e3 falls back to LAPACK's SVD on the gathered folds."""
     X, Y = _latent_data(2003, 40, 12, 0, 2.0, collinear)
     p = folds.prepare(X, Y, 5, 0)
-    out = regression._ridge_streamed(
-        p.X, p.Y, p.units_x.live, p.units_y.live, p.folds, regression.DEFAULT_ALPHAS
-    )
+    out = regression._ridge_streamed(p, regression.DEFAULT_ALPHAS)
     assert (out is None) == collinear
     if out is not None:
         ref = regression._ridge_materialised(p, regression.DEFAULT_ALPHAS)
