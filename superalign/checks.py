@@ -38,6 +38,14 @@ class ArrayMemo:
 
 
 _FINITE = ArrayMemo()
+# Up to this many entries, facts about a jax array are computed on the host (numpy): the same
+# answers, without compiling a pass for every new shape.
+HOST_ELEMENTS = 1 << 20
+
+
+def is_small_concrete(x) -> bool:
+    """Whether ``x`` is a concrete (not traced) array of at most :data:`HOST_ELEMENTS` entries."""
+    return not isinstance(x, jax.core.Tracer) and np.size(x) <= HOST_ELEMENTS
 
 
 @jax.jit
@@ -111,8 +119,8 @@ def array(name: str, x, *, ndim: int | None = None, width: int | None = None, fi
     if width is not None and (len(shape) == 0 or shape[-1] != width):
         raise ValueError(f"{name} must have last dimension {width}, got shape {shape}")
     if finite and jnp.issubdtype(dtype, jnp.inexact):
-        if isinstance(x, np.ndarray):
-            ok = bool(np.isfinite(x).all())
+        if isinstance(x, np.ndarray) or is_small_concrete(x):
+            ok = bool(np.isfinite(np.asarray(x)).all())
         else:
             ok = _FINITE.get(x, "finite", lambda: bool(_all_finite(x)))
         if not ok:

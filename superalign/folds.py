@@ -270,8 +270,13 @@ def live_units(name: str, X, folds: Folds) -> LiveUnits:
     Returns:
       A :class:`LiveUnits`; raises ``ValueError`` if no column is live.
     """
-    block = block_rows_for(len(folds.sizes), np.shape(X)[1], int(folds.sizes.max()))
-    lo, hi = (np.asarray(a) for a in _part_ranges(X, *blocked(folds, block)))
+    if checks.is_small_concrete(X):
+        x = np.asarray(X)
+        lo = np.stack([x[part].min(0) for part in folds.parts])
+        hi = np.stack([x[part].max(0) for part in folds.parts])
+    else:
+        block = block_rows_for(len(folds.sizes), np.shape(X)[1], int(folds.sizes.max()))
+        lo, hi = (np.asarray(a) for a in _part_ranges(X, *blocked(folds, block)))
     dead = (lo == hi).any(axis=0)
     live = np.flatnonzero(~dead)
     if live.size == 0:

@@ -5,6 +5,7 @@ import pytest
 from sklearn.model_selection import KFold
 
 import superalign
+from superalign import checks
 from superalign import folds as F
 
 
@@ -78,7 +79,11 @@ def test_blocking_does_not_change_moments():
         np.testing.assert_allclose(np.asarray(small.gram_x[k]), xc.T @ xc, rtol=1e-5, atol=1e-3)
 
 
-def test_dead_unit_rule_matches_sklearn_loop():
+@pytest.mark.parametrize("host", [True, False])
+def test_dead_unit_rule_matches_sklearn_loop(monkeypatch, host):
+    """On the host (small arrays) and in the device pass (large ones): the same dead units."""
+    if not host:
+        monkeypatch.setattr(checks, "HOST_ELEMENTS", 0)
     rng = np.random.default_rng(2)
     m = 200
     X = rng.standard_normal((m, 8)).astype(np.float32)
@@ -98,6 +103,18 @@ def test_dead_unit_rule_matches_sklearn_loop():
     result = superalign.semi_matching(X, rng.standard_normal((m, 3)))
     np.testing.assert_array_equal(result.dead_x, [0, 1, 3, 5, 7])
     assert result.dead_y.size == 0
+
+
+def test_large_jax_arrays_are_checked_for_nan_and_inf_on_the_device(monkeypatch):
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(checks, "HOST_ELEMENTS", 0)
+    X = jnp.ones((40, 3)).at[:, 0].set(jnp.arange(40.0))
+    Y = jnp.arange(80.0).reshape(40, 2)
+    assert superalign.semi_matching(X, Y).dead_x.tolist() == [1, 2]
+    for bad in (jnp.nan, jnp.inf):
+        with pytest.raises(ValueError, match="X must be finite"):
+            superalign.semi_matching(X.at[7, 2].set(bad), Y)
 
 
 def test_second_call_does_not_recompile():
