@@ -758,7 +758,7 @@ def _factor_fold(m: _folds.FoldMoments, totals, keep, k, lowrank):
 
 @_folds.full_precision
 @_serial_blas
-def _ridge_streamed(p: _folds.Prepared, alphas, lowrank=False):
+def _ridge_streamed(prep: _folds.Prepared, alphas, lowrank=False):
     """Ridge folds of a tall X without materialising any fold; None if X is ill-conditioned.
 
     The device passes run at the full input widths (the live columns first, then zero-weight
@@ -767,8 +767,9 @@ def _ridge_streamed(p: _folds.Prepared, alphas, lowrank=False):
     singular values) on the padding, which then adds nothing to any sum. The per-part moments
     are those the other metrics of the same pair use (``folds.moments_of``).
     """
-    X, Y, folds, live_x, live_y = p.X, p.Y, p.folds, p.units_x.live, p.units_y.live
-    raw = _folds.moments_of(p)
+    X, Y, folds = prep.X, prep.Y, prep.folds
+    live_x, live_y = prep.units_x.live, prep.units_y.live
+    raw = _folds.moments_of(prep)
     n_folds, p, t = len(folds.sizes), len(live_x), len(live_y)
     width_x, width_y = X.shape[1], Y.shape[1]
     block = 512 if lowrank else _loo_block_rows(len(alphas), width_y)
