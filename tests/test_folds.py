@@ -183,8 +183,8 @@ def test_summary_sem_is_std_over_sqrt_k():
 
 
 def test_facts_about_jax_arrays_are_computed_once_per_array(monkeypatch):
-    """Finiteness and the live units of a jax array are remembered while it exists (keyed by
-    split); numpy arrays, which can change in place, are checked on every call."""
+    """The live units of a jax array are remembered while it exists (keyed by split); numpy
+    arrays, which can change in place, are checked on every call."""
     import gc
 
     import jax.numpy as jnp
@@ -267,10 +267,11 @@ def test_metrics_of_one_pair_share_one_pass_over_the_rows(monkeypatch):
     # Another split is another pass; so is a pair over the size limit.
     F.moments_of(F.prepare(Xj, Yj, 5, 1))
     assert calls[5:] == [True, True]
+    limit = F.SHARED_MOMENTS_BYTES
     monkeypatch.setattr(F, "SHARED_MOMENTS_BYTES", 4 * 5 * 6 * 10 - 1)
     F.moments_of(F.prepare(Xj, Yj, 5, 0))
     assert calls[7:] == [False]
-    monkeypatch.setattr(F, "SHARED_MOMENTS_BYTES", 64 << 20)
+    monkeypatch.setattr(F, "SHARED_MOMENTS_BYTES", limit)
     # Threads asking for a new pair at once: one pass, the same object for all.
     got = _moments_from_threads(F.prepare(Xj, Yj + 1.0, 5, 0), 4)
     assert calls[8:] == [True] and all(g is got[0] for g in got)
