@@ -19,7 +19,9 @@ anything the fixture needs besides the result (an output folder); ``job`` is a d
 - ``dict(call=...)``: a function (it starts and watches subprocesses itself) of the
   ``(info, result)`` of each of its ``after`` jobs, in order; the result is what it returns.
 
-Each may also name jobs of the same module that must finish first: ``after=("name", ...)``.
+Each may also name jobs of the same module that must finish first: ``after=("name", ...)``;
+a subprocess or notebook job may then also give ``prepare``, a function of the ``(info, result)``
+of each of its ``after`` jobs, in order, called just before its process starts.
 A job is identified by its ``spec`` function: modules that list the same function (imported from
 ``experiment_checks``) share one run of it.
 
@@ -79,6 +81,7 @@ class _Entry:
         self.info = info
         job = dict(job)
         self.after = job.pop("after", ())
+        self.prepare = job.pop("prepare", None)
         if "notebook" in job:
             args = [sys.executable, "-c", NOTEBOOK_RUNNER]
             env = {
@@ -164,9 +167,12 @@ class Background:
                 if self._claim(first):
                     self._run(first)
                 first.done.wait()
+            done = [(e.info, e.result) for e in firsts]
             if "call" in entry.job:
-                entry.result = entry.job["call"](*((e.info, e.result) for e in firsts))
+                entry.result = entry.job["call"](*done)
             else:
+                if entry.prepare is not None:
+                    entry.prepare(*done)
                 entry.result = self._subprocess(**entry.job)
         except BaseException as err:  # handed to the test that asks for the result
             entry.error = err

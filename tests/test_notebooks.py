@@ -2,12 +2,13 @@
 results and show their figures inline."""
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
-from experiment_checks import check_figures, check_record
+from experiment_checks import check_figures, check_record, tiny_toy_job
 
 from experiments.configs import theory as theory_configs
 
@@ -15,18 +16,40 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["toy_models.ipynb", "theory.ipynb"]
 
 
-def _notebook_job(name):
+def _notebook_job(name, **extra):
     def spec(factory):
         tmp = factory.mktemp("notebook")
         out = tmp / f"executed_{name}"
-        return (tmp, out), dict(notebook=ROOT / "notebooks" / name, cwd=tmp, out=out)
+        job = dict(notebook=ROOT / "notebooks" / name, cwd=tmp, out=out, **extra)
+        return (tmp, out), job
 
     return spec
 
 
-# Each notebook runs in the background from the start of the session; its test runs last (see
-# conftest.py).
-BACKGROUND = {f"notebook[{name}]": _notebook_job(name) for name in NOTEBOOKS}
+def _toy_notebook_job(factory):
+    """The toy notebook, its run folder a copy of the suite's tiny toy run (the same preset,
+    from the command line, checked in test_toy_experiment): its cells restore the trained models
+    and SAEs from that run's checkpoints, and its ``run`` reads the finished sizes, as a rerun
+    in a user's folder would."""
+    (tmp, executed), job = _notebook_job("toy_models.ipynb", after=("tiny_toy",))(factory)
+    target = tmp / "runs" / "notebook_toy_models"
+
+    def prepare(tiny_toy):
+        out, proc = tiny_toy
+        if proc.returncode != 0:
+            raise RuntimeError(f"the tiny toy run failed:\n{proc.stderr[-3000:]}")
+        shutil.copytree(out, target, ignore=shutil.ignore_patterns("activations", "figures"))
+
+    return (tmp, executed), dict(job, prepare=prepare)
+
+
+# Each notebook runs in the background from the start of the session (the toy notebook after
+# the tiny toy run it resumes); its test runs last (see conftest.py).
+BACKGROUND = {
+    "tiny_toy": tiny_toy_job,
+    "notebook[toy_models.ipynb]": _toy_notebook_job,
+    "notebook[theory.ipynb]": _notebook_job("theory.ipynb"),
+}
 
 
 @pytest.fixture

@@ -50,11 +50,48 @@ def _scores(results):
     }
 
 
+def _killed_job(factory):
+    """A second run killed with SIGKILL once its SAE stage has checkpointed, then run again."""
+    killed = factory.mktemp("toy_killed") / "killed"
+
+    def kill_and_resume():
+        proc = subprocess.Popen(
+            command("toy_models", "--out", killed, *TINY_TOY_ARGS),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        sae_ckpt = killed / "checkpoints" / "sae_N4-8"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
+                break
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            return {"running_at_kill": False}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return {
+            "running_at_kill": True,
+            "results_after_kill": (killed / "results.json").exists(),
+            "resumed": _run(killed),
+        }
+
+    return killed, dict(call=kill_and_resume)
+
+
 # The tiny preset at N = 4 and 8 from the command line (F = 16, batches of 64, SAEs of 16 latents
-# with k = 3, 3 folds), shared with test_toy_metrics; it runs in the background from the start
-# of the session and its tests run last (see conftest.py).
-BACKGROUND = {"tiny_toy": tiny_toy_job}
+# with k = 3, 3 folds), shared with test_toy_metrics, and a killed and resumed run of it; they
+# run in the background from the start of the session and their tests run last (see
+# conftest.py).
+BACKGROUND = {"tiny_toy": tiny_toy_job, "killed": _killed_job}
 tiny_toy = job_fixture("tiny_toy", tiny_toy_job)
+
+
+@pytest.fixture
+def killed(background, tmp_path_factory):
+    """``(out, facts)`` of the killed and resumed run."""
+    return background.result(__name__, "killed", _killed_job, tmp_path_factory)
 
 
 def test_tiny_run_end_to_end(tiny_toy):
@@ -108,31 +145,19 @@ def test_tiny_run_end_to_end(tiny_toy):
             np.testing.assert_allclose(r["folds"], scores, atol=1e-4)
 
 
-def test_killed_run_resumes_to_identical_results(tiny_toy, tmp_path):
+def test_killed_run_resumes_to_identical_results(tiny_toy, killed):
     results = json.loads((tiny_toy[0] / "results.json").read_text())
-    # Kill a second run with SIGKILL once its SAE stage has checkpointed, then resume it.
-    killed = tmp_path / "killed"
-    cmd = command("toy_models", "--out", killed, *TINY_TOY_ARGS)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sae_ckpt = killed / "checkpoints" / "sae_N4-8"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "results.json").exists()
-    _run(killed)
-    resumed = json.loads((killed / "results.json").read_text())
+    out, facts = killed
+    assert facts["running_at_kill"], "the run finished before it could be killed"
+    assert not facts["results_after_kill"]
+    resumed = json.loads((out / "results.json").read_text())
     assert _scores(resumed) == _scores(results)
 
     # A finished stage is reused: a third call (here in-process) recomputes nothing and gives
     # the same file.
-    before = (killed / "sizes" / "N4.json").stat().st_mtime_ns
-    again = toy_models.run(configs.get_config("tiny"), killed, progress=False)
-    assert (killed / "sizes" / "N4.json").stat().st_mtime_ns == before
+    before = (out / "sizes" / "N4.json").stat().st_mtime_ns
+    again = toy_models.run(configs.get_config("tiny"), out, progress=False)
+    assert (out / "sizes" / "N4.json").stat().st_mtime_ns == before
     assert _scores(again) == _scores(results)
 
 
