@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,34 +36,52 @@ ENV = {"POT_BACKEND_DISABLE_TENSORFLOW": "1"}
 _lock = threading.Lock()
 
 
-def _inputs(base: Path) -> Path:
-    """Checkpoints (two seeds and a ResNet34), image folders and a miniature NSD, made once."""
-    with _lock:
-        if (base / "done").exists():
-            return base
-        import torch
-        import torchvision
-        from PIL import Image
+def _build_inputs(base: Path) -> None:
+    import torch
+    import torchvision
+    from PIL import Image
 
-        base.mkdir(parents=True, exist_ok=True)
-        for seed in (0, 1):
-            torch.manual_seed(seed)
-            model = torchvision.models.resnet18(num_classes=10)
-            torch.save(model.state_dict(), base / f"seed{seed}.pth")
-        torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), base / "resnet34.pth")
-        rng = np.random.default_rng(0)
-        for folder, n in (("images", N_IMAGES), ("few", 4)):
-            (base / folder).mkdir()
-            for i in range(n):
-                small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-                image = Image.fromarray(small).resize((40, 44), Image.BILINEAR)
-                image.save(base / folder / f"img{i:03d}.png")
-        (base / "empty").mkdir()
-        spec = nsd_synthetic.SyntheticSpec(
-            subjects=(1,), n_sessions=1, shape=(10, 12, 9), n_train_rows=200
-        )
-        nsd_synthetic.build(base / "nsd", spec)
-        (base / "done").touch()
+    base.mkdir(parents=True, exist_ok=True)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet18(num_classes=10)
+        torch.save(model.state_dict(), base / f"seed{seed}.pth")
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), base / "resnet34.pth")
+    rng = np.random.default_rng(0)
+    for folder, n in (("images", N_IMAGES), ("few", 4)):
+        (base / folder).mkdir()
+        for i in range(n):
+            small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            image = Image.fromarray(small).resize((40, 44), Image.BILINEAR)
+            image.save(base / folder / f"img{i:03d}.png")
+    (base / "empty").mkdir()
+    spec = nsd_synthetic.SyntheticSpec(
+        subjects=(1,), n_sessions=1, shape=(10, 12, 9), n_train_rows=200
+    )
+    nsd_synthetic.build(base / "nsd", spec)
+    (base / "done").touch()
+
+
+def _inputs(base: Path) -> Path:
+    """Checkpoints (two seeds and a ResNet34), image folders and a miniature NSD, made once.
+
+    In a process of their own: the background jobs ask for them first, and torch's import and
+    the writing would otherwise hold the test process's interpreter while tests run."""
+    with _lock:
+        if not (base / "done").exists():
+            code = (
+                "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                "import test_checkpoint_experiments as t; t._build_inputs(Path(sys.argv[1]))"
+            )
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(base)],
+                cwd=ROOT,
+                env={**os.environ, **ENV},
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"making the inputs failed:\n{proc.stderr[-3000:]}")
         return base
 
 
