@@ -140,6 +140,12 @@ class Background:
         info, proc = self.completed(module, name, spec, factory)
         return info, proc.stdout
 
+    def ready(self, item) -> bool:
+        """Whether every background job that ``item`` waits for has finished."""
+        jobs = item.module.BACKGROUND
+        entries = [self._entries.get(jobs[name]) for name in _jobs(item)]
+        return all(e is not None and e.done.is_set() for e in entries)
+
     def close(self) -> None:
         with self._lock:
             self._closing = True
@@ -209,8 +215,65 @@ def _jobs(item) -> list[str]:
 
 def pytest_collection_modifyitems(session, config, items):
     """Tests that wait for background jobs run last (in their order): the jobs have the whole
-    session to finish."""
+    session to finish. A module's waiting tests run earlier, between two other modules, once
+    their jobs are done (:func:`pytest_runtestloop`)."""
     items[:] = [i for i in items if not _jobs(i)] + [i for i in items if _jobs(i)]
+
+
+_SESSION: dict = {}  # "background": the session's Background once it started
+
+
+def _waiting_groups(items) -> list[list]:
+    """The waiting tests in their order, as runs of consecutive tests of one module."""
+    groups: list[list] = []
+    for item in items:
+        if groups and groups[-1][0].module is item.module:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """pytest's loop over the tests, except where the tests that wait for background jobs run.
+
+    At each boundary between two modules of the other tests, every module's group of waiting
+    tests whose jobs are all done runs next, while the remaining jobs still run in the
+    background; the groups not done by the last of the other tests follow it, in their order.
+    So the waiting tests' own work overlaps the background jobs instead of following them.
+    """
+    if session.testsfailed and not session.config.option.continue_on_collection_errors:
+        n = session.testsfailed
+        raise session.Interrupted(f"{n} error{'s' if n != 1 else ''} during collection")
+    if session.config.option.collectonly:
+        return True
+    order = [i for i in session.items if not _jobs(i)]
+    waiting = _waiting_groups([i for i in session.items if _jobs(i)])
+    i = 0
+    while i < len(order) or waiting:
+        if i == len(order):  # only waiting tests were selected
+            order.extend(t for g in waiting for t in g)
+            waiting = []
+        item = order[i]
+        following = order[i + 1] if i + 1 < len(order) else None
+        bg = _SESSION.get("background")
+        boundary = following is None or following.module is not item.module
+        if waiting and bg is not None and boundary:
+            done = [all(bg.ready(t) for t in g) for g in waiting]
+            order[i + 1 : i + 1] = [t for g, d in zip(waiting, done, strict=True) if d for t in g]
+            waiting = [g for g, d in zip(waiting, done, strict=True) if not d]
+        if i + 1 == len(order):
+            order.extend(t for g in waiting for t in g)
+            waiting = []
+        nextitem = order[i + 1] if i + 1 < len(order) else None
+        item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        if session.shouldstop:
+            raise session.Interrupted(session.shouldstop)
+        i += 1
+    return True
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -230,5 +293,7 @@ def background(request, tmp_path_factory):
         for name in _jobs(item):
             bg.add(item.module.__name__, name, item.module.BACKGROUND[name], tmp_path_factory)
     bg.start()
+    _SESSION["background"] = bg
     yield bg
+    _SESSION.pop("background", None)
     bg.close()
