@@ -1,4 +1,13 @@
-"""from_torchvision: flax forward passes equal torchvision's on the same weights and images."""
+"""from_torchvision: flax forward passes equal torchvision's on the same weights and images.
+
+The torch side of the comparisons (random-weight torchvision models, their checkpoints, and
+their logits and hooked units on the test images) runs in a subprocess of the session's
+background queue (see conftest.py): building and running the full-size ResNet50 and ViT-B/16 in
+torch takes seconds of CPU that the test process would otherwise spend while other tests wait.
+"""
+
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +15,8 @@ import numpy as np
 import pytest
 
 from superalign import models
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -66,68 +77,109 @@ def _images(n, size, seed):
     return np.random.default_rng(seed).standard_normal((n, size, size, 3), dtype=np.float32)
 
 
-def _case(tmp, cfg, model, modules, units, size, seed):
-    path = tmp / "weights.pth"
-    torch.save(model.state_dict(), path)
-    images = _images(2, size, seed)
-    ref_logits, ref_units = _hooked(model, modules, images, units)
-    variables = models.from_torchvision(cfg, path)
-    logits, ours = _flax(cfg, variables, images, tuple(modules))
-    return {
-        "path": path, "variables": variables, "logits": (logits, ref_logits),
-        "units": {n: (ours[n], ref_units[n]) for n in modules},
-    }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def resnet50_case(tmp_path_factory):
+def _resnet50():
     # 100 px: the blocks' stride-2 convolutions see odd sizes (25, 13, 7); resnet18 at 64 px gives
     # them even ones (16, 8, 4), where flax's "SAME" padding would differ from PyTorch's.
-    size = 100
-    model = _randomised(torchvision.models.resnet50(), 0, size)
+    model = _randomised(torchvision.models.resnet50(), 0, 100)
     modules = {"layer2.3.bn2": model.layer2[3].bn2, "layer4.2.bn2": model.layer4[2].bn2}
-    return _case(
-        tmp_path_factory.mktemp("r50"), models.resnet50(image_size=size), model, modules,
-        _centre, size, 1,
-    )  # fmt: skip
+    return model, modules, _centre
 
 
-@pytest.fixture(scope="module")
-def resnet18_case(tmp_path_factory):
-    size = 64
-    model = _randomised(torchvision.models.resnet18(num_classes=10), 2, size)
+def _resnet18():
+    model = _randomised(torchvision.models.resnet18(num_classes=10), 2, 64)
     modules = {
         "layer2.1.bn2": model.layer2[1].bn2,
         "layer3.0.bn1": model.layer3[0].bn1,
         "layer4.1": model.layer4[1],
     }
-    case = _case(
-        tmp_path_factory.mktemp("r18"), models.resnet18(num_classes=10, image_size=size), model,
-        modules, _centre, size, 3,
-    )  # fmt: skip
-    case["state"] = model.state_dict()
-    return case
+    return model, modules, _centre
 
 
-@pytest.fixture(scope="module")
-def vit_case(tmp_path_factory):
+def _vit():
     torch.manual_seed(4)
     model = torchvision.models.vit_b_16()
     with torch.no_grad():  # torchvision zero-initialises biases, the class token and the head
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model.eval()
-    layers = ("encoder_layer_5.mlp", "encoder_layer_11.mlp")
     blocks = model.encoder.layers
-    modules = {n: getattr(blocks, n.split(".")[0]).mlp for n in layers}
-    return _case(
-        tmp_path_factory.mktemp("vit"), models.vit_b16(), model, modules, lambda out: out[:, 0],
-        224, 5,
-    )  # fmt: skip
+    modules = {n: getattr(blocks, n).mlp for n in ("encoder_layer_5", "encoder_layer_11")}
+    return model, {f"{n}.mlp": m for n, m in modules.items()}, lambda out: out[:, 0]
+
+
+# name -> (torch model builder, flax config, image size, image seed)
+CASES = {
+    "resnet50": (_resnet50, lambda: models.resnet50(image_size=100), 100, 1),
+    "resnet18": (_resnet18, lambda: models.resnet18(num_classes=10, image_size=64), 64, 3),
+    "vit": (_vit, models.vit_b16, 224, 5),
+}
+
+
+def torch_side(out: Path) -> None:
+    """Every case's torch model saved as ``<out>/<case>/weights.pth``, with its logits and hooked
+    units on the case's images in ``refs.npz`` (run in a subprocess of the background queue)."""
+    for name, (build, _, size, seed) in CASES.items():
+        model, modules, units = build()
+        (out / name).mkdir(parents=True)
+        torch.save(model.state_dict(), out / name / "weights.pth")
+        logits, found = _hooked(model, modules, _images(2, size, seed), units)
+        np.savez(
+            out / name / "refs.npz", logits=logits, **{f"unit:{n}": v for n, v in found.items()}
+        )
+
+
+def _torch_job(factory):
+    out = factory.mktemp("torch_side")
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+        "import test_torchvision as t; t.torch_side(Path(sys.argv[1]))"
+    )
+    return out, dict(args=[sys.executable, "-c", code, str(out)], cwd=ROOT)
+
+
+BACKGROUND = {"torch_refs": _torch_job}
+
+
+@pytest.fixture(scope="module")
+def torch_refs(background, tmp_path_factory):
+    """The folder of :func:`torch_side`'s outputs."""
+    out, _ = background.completed(__name__, "torch_refs", _torch_job, tmp_path_factory)
+    return out
+
+
+def _case(torch_refs, name):
+    _, config, size, seed = CASES[name]
+    cfg = config()
+    path = torch_refs / name / "weights.pth"
+    refs = np.load(torch_refs / name / "refs.npz")
+    ref_units = {k.removeprefix("unit:"): refs[k] for k in refs.files if k.startswith("unit:")}
+    variables = models.from_torchvision(cfg, path)
+    logits, ours = _flax(cfg, variables, _images(2, size, seed), tuple(ref_units))
+    return {
+        "path": path, "variables": variables, "logits": (logits, refs["logits"]),
+        "units": {n: (ours[n], ref_units[n]) for n in ref_units},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resnet50_case(torch_refs):
+    return _case(torch_refs, "resnet50")
+
+
+@pytest.fixture(scope="module")
+def resnet18_case(torch_refs):
+    case = _case(torch_refs, "resnet18")
+    case["state"] = torch.load(case["path"], weights_only=True)
+    return case
+
+
+@pytest.fixture(scope="module")
+def vit_case(torch_refs):
+    return _case(torch_refs, "vit")
 
 
 @pytest.mark.parametrize("case", ["resnet50_case", "resnet18_case", "vit_case"])
-def test_forward_pass_equals_torchvision(case, request):
+def test_forward_pass_equals_torchvision(case, request, torch_refs):
     case = request.getfixturevalue(case)
     _close(*case["logits"])
     for name, (ours, ref) in case["units"].items():
