@@ -4,7 +4,7 @@ A few tests mostly wait for a subprocess: a notebook kernel, an interpreter with
 devices, a whole experiment run from the command line. Run in turn, each would add its full wall
 time to the suite while the in-process tests keep about one core busy. Here that work runs in a
 background thread (one job at a time) from the start of the session, and the tests that need it
-run last, when it is done.
+run once it is done: between two other test modules, or after the other tests.
 
 A test module declares its jobs in ``BACKGROUND``: a dict from a fixture name to a function
 ``spec(factory) -> (info, job)``. ``factory`` is pytest's ``tmp_path_factory``; ``info`` is

@@ -56,8 +56,8 @@ def _nsd_job(factory):
     return (root, out), dict(**_main(_nsd_args(root, out)), after=("synthetic_run",))
 
 
-# Both runs start in the background with the session; the tests that use them run last (see
-# conftest.py).
+# Both runs start in the background with the session; the tests that use them run once they
+# are done (see conftest.py).
 BACKGROUND = {"synthetic_run": _synthetic_job, "nsd_run": _nsd_job}
 
 

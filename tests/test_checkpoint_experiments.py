@@ -158,7 +158,8 @@ def _job(name: str, args_of):
 _dnn_job = _job("dnn", _dnn_args)
 _brain_job = _job("brain", _brain_args)
 
-# Both runs start in the background with the session; the tests that use them run last.
+# Both runs start in the background with the session; the tests that use them run once they
+# are done.
 BACKGROUND = {"dnn_run": _dnn_job, "brain_run": _brain_job}
 
 

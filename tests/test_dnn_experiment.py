@@ -83,7 +83,7 @@ def _two_devices_job(factory):
 
 
 # The runs start in the background with the session, one after the other; the tests that use
-# them run last (see conftest.py).
+# them run once they are done (see conftest.py).
 BACKGROUND = {"aligned": _aligned_job, "killed": _killed_job, "two_devices": _two_devices_job}
 
 

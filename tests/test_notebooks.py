@@ -44,7 +44,7 @@ def _toy_notebook_job(factory):
 
 
 # Each notebook runs in the background from the start of the session (the toy notebook after
-# the tiny toy run it resumes); its test runs last (see conftest.py).
+# the tiny toy run it resumes); its test runs once it is done (see conftest.py).
 BACKGROUND = {
     "tiny_toy": tiny_toy_job,
     "notebook[toy_models.ipynb]": _toy_notebook_job,

@@ -79,7 +79,7 @@ def test_spread_and_gain():
 
 # The tiny sweep from the command line (shared with test_distributed, see experiment_checks.py):
 # seed_sweep.run, then its summary table. It runs in the background with the session; its test
-# runs last (see conftest.py).
+# runs once it is done (see conftest.py).
 BACKGROUND = {"tiny_sweep": tiny_sweep_job}
 tiny_sweep = job_fixture("tiny_sweep", tiny_sweep_job)
 

@@ -70,7 +70,7 @@ def _four_devices_job(factory):
 
 
 # The interpreter runs in the background from the start of the session; the tests that use it
-# run last (see conftest.py).
+# run once it is done (see conftest.py).
 BACKGROUND = {"four_devices": _four_devices_job}
 
 

@@ -82,7 +82,7 @@ def _killed_job(factory):
 
 # The tiny preset at N = 4 and 8 from the command line (F = 16, batches of 64, SAEs of 16 latents
 # with k = 3, 3 folds), shared with test_toy_metrics, and a killed and resumed run of it; they
-# run in the background from the start of the session and their tests run last (see
+# run in the background from the start of the session and their tests run once they are done (see
 # conftest.py).
 BACKGROUND = {"tiny_toy": tiny_toy_job, "killed": _killed_job}
 tiny_toy = job_fixture("tiny_toy", tiny_toy_job)

@@ -32,7 +32,8 @@ NEW_METRICS = {
 POPULATIONS = {"neuron": "neurons", "sae": "sae", "randsae": "randsae"}
 
 # The tiny preset at two sizes, shared with test_toy_experiment (see experiment_checks.py); it
-# runs in the background from the start of the session and the tests that need it run last.
+# runs in the background from the start of the session and the tests that need it run once it
+# is done.
 BACKGROUND = {"tiny_toy": tiny_toy_job}
 tiny_toy = job_fixture("tiny_toy", tiny_toy_job)
 
