@@ -1,7 +1,10 @@
 """What the experiment tests share: their command lines, and checks of figures and scores."""
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def command(module: str, *args) -> list[str]:
     """``python -m experiments.<module> ARGS --no-progress`` (run with ``cwd=ROOT``)."""
     return [sys.executable, "-m", f"experiments.{module}", *map(str, args), "--no-progress"]
+
+
+def kill_once_checkpointed(cmd, checkpoints: Path, timeout: float) -> bool:
+    """Start ``cmd`` (with ``cwd=ROOT``) and kill it with SIGKILL as soon as ``checkpoints`` holds
+    a checkpoint (a folder named by its step), or after ``timeout`` seconds; False if it finished
+    before."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 def devices_env(n: int) -> dict:

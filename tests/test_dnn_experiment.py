@@ -2,10 +2,7 @@
 and the whole pipeline end to end."""
 
 import functools
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import jax
@@ -18,6 +15,7 @@ from experiment_checks import (
     command,
     command_job,
     devices_env,
+    kill_once_checkpointed,
 )
 
 import superalign
@@ -57,17 +55,8 @@ def _killed_job(factory):
 
     def kill_and_resume():
         ckpts = killed / "models" / "vit_small" / "seeds_0_1"
-        child = subprocess.Popen(_cmd("dnn_train", killed), cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.time() + 300
-        while time.time() < deadline and child.poll() is None:
-            if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-                break
-            time.sleep(0.01)
-        if child.poll() is not None:
+        if not kill_once_checkpointed(_cmd("dnn_train", killed), ckpts, timeout=300):
             return {"running_at_kill": False}
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
         return {
             "running_at_kill": True,
             "accuracy_after_kill": (killed / "models" / "vit_small" / "accuracy.json").exists(),

@@ -1,10 +1,7 @@
 """The toy experiment end to end on the tiny preset at two sizes, including a SIGKILL and resume."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from experiment_checks import (
     check_figures,
     command,
     job_fixture,
+    kill_once_checkpointed,
     tiny_toy_job,
 )
 from references import sklearn_ridge_loop
@@ -55,22 +53,9 @@ def _killed_job(factory):
     killed = factory.mktemp("toy_killed") / "killed"
 
     def kill_and_resume():
-        proc = subprocess.Popen(
-            command("toy_models", "--out", killed, *TINY_TOY_ARGS),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        sae_ckpt = killed / "checkpoints" / "sae_N4-8"
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if sae_ckpt.exists() and any(p.name.isdigit() for p in sae_ckpt.iterdir()):
-                break
-            time.sleep(0.02)
-        if proc.poll() is not None:
+        cmd = command("toy_models", "--out", killed, *TINY_TOY_ARGS)
+        if not kill_once_checkpointed(cmd, killed / "checkpoints" / "sae_N4-8", timeout=120):
             return {"running_at_kill": False}
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         return {
             "running_at_kill": True,
             "results_after_kill": (killed / "results.json").exists(),
