@@ -250,11 +250,10 @@ def pytest_runtestloop(session):
         return True
     order = [i for i in session.items if not _jobs(i)]
     waiting = _waiting_groups([i for i in session.items if _jobs(i)])
+    if not order:  # only waiting tests were selected
+        order, waiting = [t for g in waiting for t in g], []
     i = 0
-    while i < len(order) or waiting:
-        if i == len(order):  # only waiting tests were selected
-            order.extend(t for g in waiting for t in g)
-            waiting = []
+    while i < len(order):
         item = order[i]
         following = order[i + 1] if i + 1 < len(order) else None
         bg = _SESSION.get("background")

@@ -18,6 +18,13 @@ def command(module: str, *args) -> list[str]:
     return [sys.executable, "-m", f"experiments.{module}", *map(str, args), "--no-progress"]
 
 
+def raise_if_failed(proc: subprocess.CompletedProcess, what: str) -> None:
+    """For a job that needs another job's subprocess: fail with its error output unless it
+    exited with status 0."""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+
+
 def kill_once_checkpointed(cmd, checkpoints: Path, timeout: float) -> bool:
     """Start ``cmd`` (with ``cwd=ROOT``) and kill it with SIGKILL as soon as ``checkpoints`` holds
     a checkpoint (a folder named by its step), or after ``timeout`` seconds; False if it finished

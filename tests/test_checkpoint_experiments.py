@@ -11,14 +11,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from experiment_checks import ROOT, check_alignment, check_figures, check_record, command
+from experiment_checks import (
+    ROOT,
+    check_alignment,
+    check_figures,
+    check_record,
+    command,
+    raise_if_failed,
+)
 
 from experiments import brain_alignment, dnn_alignment, launch, nsd_synthetic
 from experiments.configs import brain as brain_configs
@@ -32,8 +38,6 @@ SIZE = dict(image_size=32, resize_size=36)  # small: XLA's CPU convolutions are 
 LAYER = "layer1.1.bn2"
 # POT imports tensorflow when it can (seconds per process); no result depends on it.
 ENV = {"POT_BACKEND_DISABLE_TENSORFLOW": "1"}
-
-_lock = threading.Lock()
 
 
 def _build_inputs(base: Path) -> None:
@@ -59,34 +63,23 @@ def _build_inputs(base: Path) -> None:
         subjects=(1,), n_sessions=1, shape=(10, 12, 9), n_train_rows=200
     )
     nsd_synthetic.build(base / "nsd", spec)
-    (base / "done").touch()
-
-
-def _inputs(base: Path) -> Path:
-    """Checkpoints (two seeds and a ResNet34), image folders and a miniature NSD, made once.
-
-    In a process of their own: the background jobs ask for them first, and torch's import and
-    the writing would otherwise hold the test process's interpreter while tests run."""
-    with _lock:
-        if not (base / "done").exists():
-            code = (
-                "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
-                "import test_checkpoint_experiments as t; t._build_inputs(Path(sys.argv[1]))"
-            )
-            proc = subprocess.run(
-                [sys.executable, "-c", code, str(base)],
-                cwd=ROOT,
-                env={**os.environ, **ENV},
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"making the inputs failed:\n{proc.stderr[-3000:]}")
-        return base
 
 
 def _base(factory) -> Path:
     return factory.getbasetemp() / "checkpoint_inputs"
+
+
+def _inputs_job(factory):
+    """Checkpoints (two seeds and a ResNet34), image folders and a miniature NSD, made in a
+    process of their own: torch's import and the writing would otherwise hold the test process's
+    interpreter while tests run."""
+    base = _base(factory)
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+        "import test_checkpoint_experiments as t; t._build_inputs(Path(sys.argv[1]))"
+    )
+    args = [sys.executable, "-c", code, str(base)]
+    return base, dict(args=args, cwd=ROOT, env={**os.environ, **ENV})
 
 
 def _dnn_args(base: Path) -> list[str]:
@@ -138,8 +131,9 @@ def _job(name: str, args_of):
         base = _base(factory)
         out = factory.mktemp(f"checkpoint_{name}") / "run"
 
-        def call():
-            args = args_of(_inputs(base))
+        def call(inputs):
+            raise_if_failed(inputs[1], "making the inputs")
+            args = args_of(base)
             t0 = time.perf_counter()
             proc = subprocess.run(
                 command(f"{name}_alignment", "--out", out, *args),
@@ -150,7 +144,7 @@ def _job(name: str, args_of):
             )
             return proc, time.perf_counter() - t0
 
-        return (base, out), dict(call=call)
+        return (base, out), dict(call=call, after=("inputs",))
 
     return spec
 
@@ -158,9 +152,9 @@ def _job(name: str, args_of):
 _dnn_job = _job("dnn", _dnn_args)
 _brain_job = _job("brain", _brain_args)
 
-# Both runs start in the background with the session; the tests that use them run once they
-# are done.
-BACKGROUND = {"dnn_run": _dnn_job, "brain_run": _brain_job}
+# The inputs, then both runs, start in the background with the session; the tests that use them
+# run once they are done.
+BACKGROUND = {"inputs": _inputs_job, "dnn_run": _dnn_job, "brain_run": _brain_job}
 
 
 def _finished(background, name, spec, factory):
@@ -180,8 +174,9 @@ def brain_run(background, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return _inputs(_base(tmp_path_factory))
+def inputs(background, tmp_path_factory):
+    base, _ = background.completed(__name__, "inputs", _inputs_job, tmp_path_factory)
+    return base
 
 
 @pytest.fixture(scope="module")

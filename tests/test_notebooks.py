@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from experiment_checks import check_figures, check_record, tiny_toy_job
+from experiment_checks import check_figures, check_record, raise_if_failed, tiny_toy_job
 
 from experiments.configs import theory as theory_configs
 
@@ -36,8 +36,7 @@ def _toy_notebook_job(factory):
 
     def prepare(tiny_toy):
         out, proc = tiny_toy
-        if proc.returncode != 0:
-            raise RuntimeError(f"the tiny toy run failed:\n{proc.stderr[-3000:]}")
+        raise_if_failed(proc, "the tiny toy run")
         shutil.copytree(out, target, ignore=shutil.ignore_patterns("activations", "figures"))
 
     return (tmp, executed), dict(job, prepare=prepare)
